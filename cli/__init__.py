@@ -1,0 +1,1 @@
+"""The ``capture`` command line: a few lines per command over the library."""

@@ -1,0 +1,1 @@
+"""Sources and the append-only event log: everything upstream of the projections."""

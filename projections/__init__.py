@@ -1,0 +1,1 @@
+"""Disposable, idempotent views of the event log: SQLite user texts and DuckDB analytics."""
