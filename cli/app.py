@@ -1,8 +1,10 @@
-"""The ``capture`` typer application (commands are registered by their modules)."""
+"""The ``capture`` typer application; each module registers its commands."""
 
 from __future__ import annotations
 
 import typer
+
+from . import ingest_command
 
 
 app = typer.Typer(
@@ -12,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+ingest_command.register(app)
 
 
 def main() -> None:

@@ -112,12 +112,12 @@ class ErrorEvent:
     message: str | None
 
     def __str__(self) -> str:
-        parts = [self.error_type or "error"]
+        text = self.error_type or "error"
         if self.code is not None:
-            parts.append(f"(code {self.code})")
+            text += f" (code {self.code})"
         if self.message:
-            parts.append(f": {self.message}")
-        return " ".join(parts[:2]) + (parts[2] if len(parts) > 2 else "")
+            text += f": {self.message}"
+        return text
 
 
 def error_of(frame: Frame) -> ErrorEvent | None:

@@ -307,6 +307,8 @@ class LogWriter:
             raise LogWriteError("the log is closed")
         if self.rotation.should_rotate(active.size, time.time() - active.opened_at):
             active = self._rotate(active)
+        if active.size == 0:
+            active.opened_at = time.time()  # a segment's age counts from its first line
         seq = self.next_seq
         line = encode_line(seq, format_timestamp(received_at or now()), origin, frame)
         try:
@@ -392,8 +394,10 @@ class LogWriter:
                         os.fsync(active.fd)
                 except OSError as exc:
                     self._fail(LogWriteError(f"fsync of {active.path} failed: {exc.strerror or exc}"))
-                finally:
+                try:
                     os.close(active.fd)
+                except OSError as exc:
+                    self._fail(LogWriteError(f"closing {active.path} failed: {exc.strerror or exc}"))
         finally:
             self._lock.release()
         if self._error is not None:

@@ -14,7 +14,7 @@ import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from .envelope import LineError, LogLine, decode_line
 from .errors import LogError
@@ -45,7 +45,7 @@ def open_segment(path: Path) -> IO[bytes]:
     """Open a segment for reading, plain or compressed."""
     try:
         if path.name.endswith(".gz"):
-            return gzip.open(path, "rb")
+            return cast(IO[bytes], gzip.open(path, "rb"))
         if path.name.endswith(".zst"):
             try:
                 import zstandard
@@ -53,7 +53,7 @@ def open_segment(path: Path) -> IO[bytes]:
                 raise LogError(
                     f"{path.name} is zstd-compressed; install the 'zstandard' package to read it"
                 ) from None
-            return zstandard.open(path, "rb")  # type: ignore[no-any-return]
+            return cast(IO[bytes], zstandard.open(path, "rb"))
         return path.open("rb")
     except OSError as exc:
         raise LogError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,193 @@
+"""``capture ingest`` and ``capture status``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from ingest.agent_client import AgentConfig
+from ingest.agent_urls import DEFAULT_BASE_URL
+from ingest.errors import ConfigError
+from ingest.log import FsyncPolicy
+from ingest.segments import DEFAULT_MAX_AGE, RotationPolicy
+from ingest.service import IngestSettings, Sidecar, ingest
+from ingest.status import log_status
+from ingest.user_input import open_input, read_lines
+
+from .options import DataDir, parse_size, parse_vars
+from .output import console, reporting_errors, setup_logging
+
+
+__all__ = ["register"]
+
+FSYNC_HELP = (
+    "When lines are forced to disk. A killed process loses nothing in any mode; on power failure: "
+    "'always' loses nothing (each line fsynced before the next frame; slowest), "
+    "'interval' loses at most the last --fsync-interval (200 ms), fsynced off the receive path; "
+    "'never' loses what the OS had not written back (typically up to 30 s)."
+)
+
+
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ingest`` and ``status`` to ``app``."""
+
+    @app.command("ingest")
+    def ingest_command(
+        agent_id: Annotated[
+            str | None,
+            typer.Option("--agent-id", envvar="AGENT_ID", help="The agent to talk to.", show_default=False),
+        ] = None,
+        base_url: Annotated[
+            str,
+            typer.Option(
+                "--base-url",
+                envvar="ELEVENLABS_BASE_URL",
+                help="API host; residency hosts work (https://api.eu.residency.elevenlabs.io).",
+            ),
+        ] = DEFAULT_BASE_URL,
+        data_dir: DataDir = Path("data"),
+        audio: Annotated[
+            bool, typer.Option("--audio", help="Do not ask for a text-only conversation.")
+        ] = False,
+        user_id: Annotated[
+            str | None, typer.Option("--user-id", help="user_id sent when each conversation starts.")
+        ] = None,
+        var: Annotated[
+            list[str] | None,
+            typer.Option("--var", help="Dynamic variable name=value (repeatable); sent as strings."),
+        ] = None,
+        input_spec: Annotated[
+            str | None,
+            typer.Option(
+                "--input",
+                metavar="FILE|-",
+                help="Typed user text: each line is logged, then sent as a user_message. "
+                "When it ends, the conversation ends and ingest stops.",
+            ),
+        ] = None,
+        max_conversations: Annotated[
+            int | None,
+            typer.Option("--max-conversations", min=1, help="Stop after this many conversations."),
+        ] = None,
+        fsync: Annotated[FsyncPolicy, typer.Option("--fsync", help=FSYNC_HELP)] = FsyncPolicy.INTERVAL,
+        fsync_interval: Annotated[
+            float,
+            typer.Option("--fsync-interval", min=0.001, max=0.2, help="Seconds between fsyncs for 'interval'."),
+        ] = 0.2,
+        segment_size: Annotated[
+            str, typer.Option("--segment-size", help="Roll to a new segment at this size.")
+        ] = "64MiB",
+        segment_age: Annotated[
+            float,
+            typer.Option("--segment-age", min=0.001, help="Roll to a new segment after this many seconds."),
+        ] = DEFAULT_MAX_AGE,
+        no_project: Annotated[
+            bool, typer.Option("--no-project", help="Do not update the SQLite user_texts table live.")
+        ] = False,
+        db: Annotated[
+            Path | None,
+            typer.Option(
+                "--db",
+                envvar="WHATSAPP_DB_PATH",
+                help="SQLite file of the user_texts projection [default: <data dir>/whatsapp_storage.db].",
+                show_default=False,
+            ),
+        ] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    ) -> None:
+        """Hold conversations with an agent and append every frame (audio excepted) to the log.
+
+        Reads ELEVENLABS_API_KEY from the environment (never from a flag): with a key each
+        connection uses a fresh signed URL, without one the agent must be public.
+        """
+        setup_logging(verbose)
+        with reporting_errors():
+            if not agent_id:
+                raise ConfigError("no agent id: pass --agent-id or set AGENT_ID")
+            api_key = os.environ.get("ELEVENLABS_API_KEY") or None
+            agent = AgentConfig(
+                agent_id=agent_id,
+                base_url=base_url,
+                api_key=api_key,
+                text_only=not audio,
+                user_id=user_id,
+                dynamic_variables=parse_vars(var or []),
+            )
+            # Fail on a bad URL now rather than at the first connection.
+            from ingest.agent_urls import ws_base_url
+
+            ws_base_url(base_url)
+            settings = IngestSettings(
+                data_dir=data_dir,
+                fsync=fsync,
+                fsync_interval=fsync_interval,
+                rotation=RotationPolicy(max_bytes=parse_size(segment_size), max_age=segment_age),
+                max_conversations=max_conversations,
+            )
+            stream = open_input(input_spec) if input_spec else None
+            sidecars = [] if no_project else _sidecars(data_dir, db)
+            summary = asyncio.run(
+                ingest(
+                    agent,
+                    settings,
+                    user_lines=read_lines(stream) if stream is not None else None,
+                    sidecars=sidecars,
+                )
+            )
+        console.print(
+            f"{summary.conversations} conversations, {summary.frames_logged} frames logged, "
+            f"{summary.audio_skipped} audio frames skipped",
+            highlight=False,
+        )
+
+    @app.command("status")
+    def status_command(
+        data_dir: DataDir = Path("data"),
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    ) -> None:
+        """Show what the log holds and whether an ingest is writing to it."""
+        with reporting_errors():
+            status = log_status(data_dir)
+            extra = _projection_status(data_dir)
+        if as_json:
+            data = status.as_dict()
+            data["projection"] = extra
+            typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+            return
+        table = Table(show_header=False, box=None)
+        table.add_row("data dir", status.data_dir)
+        table.add_row("segments", str(status.segments))
+        table.add_row("lines", str(status.lines))
+        table.add_row("bytes", f"{status.bytes:,}")
+        table.add_row("last seq", str(status.last_seq) if status.last_seq is not None else "-")
+        table.add_row("last received", status.last_received_at or "-")
+        table.add_row("quarantined tails", ", ".join(status.quarantined) or "none")
+        table.add_row("ingest", f"running: {status.writer}" if status.writer else "not running")
+        if extra:
+            for key, value in extra.items():
+                table.add_row(f"projection {key}", str(value))
+        console.print(table)
+
+
+def _sidecars(data_dir: Path, db: Path | None) -> list[Sidecar]:
+    try:
+        from projections.live import live_projection_sidecar
+    except ImportError:
+        return []
+    return [live_projection_sidecar(data_dir, db)]
+
+
+def _projection_status(data_dir: Path) -> dict[str, object] | None:
+    try:
+        from projections.sqlite_store import projection_status
+    except ImportError:
+        return None
+    return projection_status(data_dir, None)  # type: ignore[no-any-return]
