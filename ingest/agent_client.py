@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -34,7 +35,7 @@ from websockets.exceptions import (
 )
 
 from .agent_urls import initiation_frame, public_ws_url, signed_url_endpoint
-from .envelope import Origin, now
+from .envelope import Origin
 from .errors import AuthError, ConfigError, LogWriteError
 from .frames import ErrorEvent, Frame, conversation_id_of, error_of, inspect_frame, pong_for
 from .log import LogWriter
@@ -305,7 +306,7 @@ class AgentClient:
         try:
             while True:
                 data = await websocket.recv()
-                received_at = now()
+                received_at = time.time_ns()
                 frame = inspect_frame(data)
                 if frame.is_audio:
                     conn.audio += 1
@@ -323,8 +324,15 @@ class AgentClient:
                 summary.frames_logged += 1
                 pong = pong_for(frame)
                 if pong is not None:
-                    await websocket.send(pong)
-                    summary.pongs_sent += 1
+                    # Once the server's close frame is parsed, frames it sent
+                    # before it may still be queued: keep receiving them, and
+                    # don't send (websockets would wait for the close to finish).
+                    if websocket.state is State.OPEN:
+                        try:
+                            await websocket.send(pong)
+                            summary.pongs_sent += 1
+                        except ConnectionClosed:
+                            pass
                     continue
                 self._observe(frame, conn)
         except ConnectionClosed:

@@ -23,9 +23,11 @@ Pure functions: :func:`encode_line` and :func:`decode_line`.
 from __future__ import annotations
 
 import base64
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -38,6 +40,7 @@ __all__ = [
     "Origin",
     "decode_line",
     "encode_line",
+    "format_epoch_ns",
     "format_timestamp",
     "frame_bytes",
 ]
@@ -61,6 +64,22 @@ class Origin:
 def format_timestamp(moment: datetime) -> str:
     """Format a moment as RFC 3339 UTC with microseconds, e.g. ``2026-11-25T12:00:00.000001Z``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@lru_cache(maxsize=4)
+def _second_prefix(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+
+
+def format_epoch_ns(epoch_ns: int) -> str:
+    """Format ``time.time_ns()`` like :func:`format_timestamp`, several times faster.
+
+    The receive path stamps every frame; formatting only the microseconds of a
+    cached second keeps that off the profile.
+
+    """
+    second, rest = divmod(epoch_ns, 1_000_000_000)
+    return f"{_second_prefix(second)}{rest // 1000:06d}Z"
 
 
 def frame_bytes(data: str | bytes) -> bytes:

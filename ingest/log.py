@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .envelope import LineError, Origin, decode_line, encode_line, format_timestamp, now
+from .envelope import LineError, Origin, decode_line, encode_line, format_epoch_ns, format_timestamp
 from .errors import LogError, LogWriteError
 from .frames import Frame
 from .lock import DataDirLock, fsync_dir
@@ -289,8 +289,14 @@ class LogWriter:
     def active_segment(self) -> Path | None:
         return self._active.path if self._active else None
 
-    def append(self, origin: Origin, frame: Frame, received_at: datetime | None = None) -> int:
+    def append(self, origin: Origin, frame: Frame, received_at: datetime | int | None = None) -> int:
         """Append one frame as one line and return its seq.
+
+        Args:
+            origin: The envelope fields.
+            frame: The frame.
+            received_at: When it arrived, as a datetime or ``time.time_ns()``;
+                now if omitted.
 
         When this returns, the line has been handed to the OS with ``write``
         (and fsynced too under ``always``).
@@ -310,7 +316,13 @@ class LogWriter:
         if active.size == 0:
             active.opened_at = time.time()  # a segment's age counts from its first line
         seq = self.next_seq
-        line = encode_line(seq, format_timestamp(received_at or now()), origin, frame)
+        if received_at is None:
+            stamp = format_epoch_ns(time.time_ns())
+        elif isinstance(received_at, int):
+            stamp = format_epoch_ns(received_at)
+        else:
+            stamp = format_timestamp(received_at)
+        line = encode_line(seq, stamp, origin, frame)
         try:
             view = memoryview(line)
             while view:

@@ -113,8 +113,9 @@ _AUDIO_FRAMES_PER_REPLY = 3
 class Scenario:
     """What one connection does. The defaults are a well-formed spoken conversation.
 
-    After the client's ``conversation_initiation_client_data`` the server sends
-    ``conversation_initiation_metadata``, then ``first_message`` as an agent
+    After the client's first frame (normally ``conversation_initiation_client_data``;
+    anything else is handled as an ordinary frame right after the metadata) the
+    server sends ``conversation_initiation_metadata``, then ``first_message`` as an agent
     reply, then the other documented event types once (``extra_events``), then
     each of ``user_turns`` as a spoken turn (``tentative_user_transcript``,
     ``user_transcript``, agent reply), ``turn_gap`` seconds apart. An agent reply
@@ -313,8 +314,9 @@ class Simulator:
             403). If ``None``, agents are public and the endpoint takes any key.
         script: Scenarios for handshake attempts 1, 2, … in order.
         default: Scenario for every attempt after the script; ``Scenario()`` if ``None``.
-        ping_interval: Seconds between ``ping`` events; ``None`` sends none
-            (except a flood's). The first comes one interval after metadata.
+        ping_interval: Seconds between ``ping`` events; the first comes one
+            interval after metadata. ``None`` sends none (except a flood's) and
+            enforces no pong deadline.
         pong_deadline: Seconds within which each ping's pong must arrive, else
             the server closes 1002 "pong timeout".
         init_timeout: Seconds to wait for the client's first frame, else close

@@ -1,0 +1,427 @@
+"""DuckDB analytics views over the log's segments; all their SQL is built here.
+
+``<data dir>/analytics.duckdb`` holds four views that read the JSONL segments
+directly (DuckDB here cannot load ``sqlite_scanner``, so they read the log,
+not the SQLite file):
+
+* ``events``: one row per log line: the envelope columns, ``type`` and the
+  frame as ``event`` (JSON), ``raw`` or ``raw_b64``, and the ``segment`` file;
+* ``user_texts``: the same rows and columns as the SQLite table, by the same
+  rule (:mod:`projections.user_texts`), stated in SQL;
+* ``conversations``: one row per conversation: agent, first and last event
+  time, duration, user and agent turns, how it ended;
+* ``daily_activity``: one row per UTC day.
+
+How they stay valid:
+
+* segments are matched by a glob at query time, so new segments (and
+  segments compressed to ``.jsonl.gz`` / ``.jsonl.zst``) show up without
+  recreating anything; sidecar files of torn tails are excluded by name;
+* a torn or in-progress last line is skipped (``ignore_errors``), so querying
+  while ``capture ingest`` appends works;
+* the views name the segments by a path relative to the ``.duckdb`` file's
+  folder, and :func:`open_analytics` points DuckDB's ``file_search_path`` at
+  that folder, so moving the data dir keeps them working. When the layout or
+  this module's SQL changed, :func:`open_analytics` recreates the views.
+
+The Python reader also checks each line's ``crc32``; SQL cannot, so a line
+whose frame was corrupted on disk yet still parses appears in the views and
+not in the SQLite table.
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ingest.errors import ProjectionError, QueryError
+from ingest.log import events_dir
+
+from .user_texts import DEFAULT_USER_ID, INIT_TYPE, WHITESPACE, Kind
+
+
+__all__ = [
+    "DEFAULT_DUCKDB_NAME",
+    "VIEW_NAMES",
+    "QueryResult",
+    "default_duckdb_path",
+    "open_analytics",
+    "run_query",
+    "view_statements",
+]
+
+DEFAULT_DUCKDB_NAME = "analytics.duckdb"
+VIEW_NAMES = ("events", "user_texts", "conversations", "daily_activity")
+
+# Bump when the views change in a way the SQL text does not show (it rarely will:
+# the fingerprint covers the full text).
+_VIEWS_VERSION = 1
+_META_TABLE = "capture_views"
+
+_SEGMENT_GLOB = "[0-9]*.jsonl*"
+# Segments only: the glob also matches ".jsonl.torn-…" sidecars, which hold cut
+# bytes whose seqs the log reuses.
+_SEGMENT_NAME = r"(^|[/\\])[0-9]{20}\.jsonl(\.gz|\.zst)?$"
+
+_ENVELOPE_TYPES = {
+    "seq": "BIGINT",
+    "received_at": "TIMESTAMPTZ",
+    "source": "VARCHAR",
+    "direction": "VARCHAR",
+    "agent_id": "VARCHAR",
+    "connection_id": "VARCHAR",
+    "conversation_id": "VARCHAR",
+    "crc32": "UBIGINT",
+    "event": "JSON",
+    "raw": "VARCHAR",
+    "raw_b64": "VARCHAR",
+}
+
+# What the user_texts rule reads from each line; received_at stays text so the
+# timestamp column is the logged string, as in SQLite.
+_RULE_TYPES = {
+    "seq": "BIGINT",
+    "received_at": "VARCHAR",
+    "source": "VARCHAR",
+    "direction": "VARCHAR",
+    "connection_id": "VARCHAR",
+    "conversation_id": "VARCHAR",
+    "event": "JSON",
+}
+
+_EVENT_KEY = ',"event":'
+
+
+def default_duckdb_path(data_dir: Path) -> Path:
+    """Return ``<data dir>/analytics.duckdb``."""
+    return data_dir / DEFAULT_DUCKDB_NAME
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _struct(types: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in types.items()) + "}"
+
+
+def _chars(text: str) -> str:
+    # chr() per character: the set holds control characters that are better
+    # not written raw into SQL text.
+    return " || ".join(f"chr({ord(c)})" for c in text)
+
+
+def _json_literal(types: dict[str, str]) -> str:
+    return _literal("{" + ",".join(f'"{name}":"{kind}"' for name, kind in types.items()) + "}")
+
+
+def view_statements(segments: str) -> list[str]:
+    """Return the ``CREATE OR REPLACE VIEW`` statements for segments in folder ``segments``.
+
+    Args:
+        segments: The events folder as DuckDB should see it: relative to a
+            ``file_search_path`` entry, or absolute. Forward slashes.
+
+    """
+    glob = _literal(f"{segments.rstrip('/')}/{_SEGMENT_GLOB}")
+    name_filter = f"regexp_matches(filename, {_literal(_SEGMENT_NAME)})"
+    whitespace = _chars(WHITESPACE)
+    transcript = "'$.user_transcription_event.user_transcript'"
+    event_id = "'$.user_transcription_event.event_id'"
+    events = f"""CREATE OR REPLACE VIEW events AS
+SELECT seq, received_at, source, direction, agent_id, connection_id, conversation_id,
+       event->>'type' AS type, event, raw, raw_b64, crc32, filename AS segment
+FROM read_json({glob}, format = 'newline_delimited', columns = {_struct(_ENVELOPE_TYPES)},
+               ignore_errors = true, allow_empty = true, filename = true)
+WHERE {name_filter} AND seq IS NOT NULL"""
+    user_texts = f"""CREATE OR REPLACE VIEW user_texts AS
+WITH lines AS (
+    SELECT json AS line
+    FROM read_json_objects({glob}, format = 'newline_delimited',
+                           ignore_errors = true, allow_empty = true, filename = true)
+    WHERE {name_filter} AND json IS NOT NULL
+), envelopes AS (
+    SELECT line, json_transform(line, {_json_literal(_RULE_TYPES)}) AS e FROM lines
+), frames AS (
+    SELECT e.seq AS seq, e.received_at AS received_at, e.source AS source, e.direction AS direction,
+           e.connection_id AS connection_id, e.conversation_id AS conversation_id, e.event AS event,
+           CASE WHEN json_type(e.event, '$.type') = 'VARCHAR' THEN e.event->>'$.type' END AS type,
+           line
+    FROM envelopes
+    WHERE e.seq IS NOT NULL AND json_type(e.event) = 'OBJECT'
+), inits AS (
+    SELECT connection_id, seq, event->>'$.user_id' AS user_id
+    FROM frames
+    WHERE type = '{INIT_TYPE}' AND direction = 'out' AND connection_id IS NOT NULL
+      AND json_type(event, '$.user_id') = 'VARCHAR' AND event->>'$.user_id' <> ''
+), turns AS (
+    SELECT *,
+           CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
+                THEN CASE WHEN json_type(event, {transcript}) = 'VARCHAR' THEN event->>{transcript} END
+                ELSE CASE WHEN json_type(event, '$.text') = 'VARCHAR' THEN event->>'$.text' END
+           END AS text,
+           CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
+                 AND json_type(event, {event_id}) IN ('BIGINT', 'UBIGINT', 'VARCHAR')
+                THEN event->{event_id} END AS event_id
+    FROM frames
+    WHERE (type = '{Kind.USER_TRANSCRIPT}' AND direction = 'in')
+       OR (type = '{Kind.USER_MESSAGE}' AND direction = 'out')
+), keyed AS (
+    SELECT t.*,
+           CASE WHEN t.type = '{Kind.USER_TRANSCRIPT}' AND t.conversation_id IS NOT NULL
+                 AND t.event_id IS NOT NULL
+                THEN 'user_transcript:sha256:' || sha256(
+                    strlen(t.conversation_id)::VARCHAR || ':' || t.conversation_id
+                    || strlen(t.event_id->>'$')::VARCHAR || ':' || (t.event_id->>'$') || t.text)
+                ELSE t.type || ':seq:' || t.seq::VARCHAR
+           END AS dedup_key,
+           coalesce(
+               i.user_id,
+               CASE WHEN json_type(t.event, '$.user_id') = 'VARCHAR' AND t.event->>'$.user_id' <> ''
+                    THEN t.event->>'$.user_id' END,
+               '{DEFAULT_USER_ID}') AS user_id
+    FROM turns t ASOF LEFT JOIN inits i ON t.connection_id = i.connection_id AND t.seq > i.seq
+    WHERE t.text IS NOT NULL AND trim(t.text, {whitespace}) <> ''
+    QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY t.seq) = 1
+)
+SELECT row_number() OVER (ORDER BY seq) AS id,
+       dedup_key,
+       type AS kind,
+       conversation_id AS session_id,
+       user_id,
+       text,
+       received_at AS "timestamp",
+       '{{"raw_event":' || line[strpos(line, '{_EVENT_KEY}') + {len(_EVENT_KEY)} : length(line) - 1]
+           || ',"seq":' || seq::VARCHAR
+           || ',"source":' || coalesce(to_json(source)::VARCHAR, 'null')
+           || ',"event_id":' || coalesce(event_id::VARCHAR, 'null') || '}}' AS metadata,
+       to_json([source])::VARCHAR AS sources,
+       seq
+FROM keyed"""
+    conversations = """CREATE OR REPLACE VIEW conversations AS
+WITH parts AS (
+    -- One row per (connection, conversation id) first: the init frame a client
+    -- sends before the server names the conversation has no conversation id.
+    SELECT connection_id, conversation_id,
+           max(agent_id) AS agent_id,
+           min(received_at) AS first_event_at,
+           max(received_at) AS last_event_at,
+           count(*) AS events,
+           count(*) FILTER (WHERE type = 'agent_response' AND direction = 'in') AS agent_turns,
+           max(seq) FILTER (WHERE type = 'error') AS error_seq,
+           arg_max(event, seq) FILTER (WHERE type = 'error') AS last_error,
+           bool_or(type = 'agent_tool_response'
+                   AND event->>'$.agent_tool_response.tool_name' = 'end_call') AS agent_ended
+    FROM events
+    GROUP BY connection_id, conversation_id
+), resolved AS (
+    SELECT *, coalesce(conversation_id, max(conversation_id) OVER (PARTITION BY connection_id)) AS conv
+    FROM parts
+), merged AS (
+    SELECT conv AS conversation_id,
+           max(agent_id) AS agent_id,
+           min(first_event_at) AS first_event_at,
+           max(last_event_at) AS last_event_at,
+           sum(events)::BIGINT AS events,
+           sum(agent_turns)::BIGINT AS agent_turns,
+           arg_max(last_error, error_seq) AS last_error,
+           bool_or(agent_ended) AS agent_ended
+    FROM resolved
+    WHERE conv IS NOT NULL
+    GROUP BY conv
+), turns AS (
+    SELECT session_id, count(*) AS user_turns FROM user_texts GROUP BY session_id
+)
+SELECT m.conversation_id, m.agent_id, m.first_event_at, m.last_event_at,
+       m.last_event_at - m.first_event_at AS duration,
+       coalesce(t.user_turns, 0) AS user_turns,
+       m.agent_turns,
+       m.events,
+       CASE WHEN m.last_error IS NOT NULL THEN 'error'
+            WHEN m.agent_ended THEN 'agent_end_call'
+            ELSE 'no_end_event' END AS ended_by,
+       m.last_error->>'$.error_event.error_type' AS end_error_type,
+       TRY_CAST(m.last_error->>'$.error_event.code' AS INTEGER) AS end_error_code,
+       m.last_error->>'$.error_event.message' AS end_error_message
+FROM merged m LEFT JOIN turns t ON t.session_id = m.conversation_id"""
+    daily = """CREATE OR REPLACE VIEW daily_activity AS
+WITH per_day AS (
+    SELECT CAST(timezone('UTC', received_at) AS DATE) AS day,
+           count(*) AS events,
+           count(DISTINCT conversation_id) AS conversations,
+           count(*) FILTER (WHERE type = 'agent_response' AND direction = 'in') AS agent_turns,
+           count(*) FILTER (WHERE type = 'error') AS errors
+    FROM events
+    GROUP BY ALL
+), turns AS (
+    SELECT CAST(timezone('UTC', TRY_CAST("timestamp" AS TIMESTAMPTZ)) AS DATE) AS day,
+           count(*) AS user_turns,
+           count(DISTINCT user_id) AS users
+    FROM user_texts
+    GROUP BY ALL
+)
+SELECT coalesce(p.day, t.day) AS day,
+       coalesce(p.events, 0) AS events,
+       coalesce(p.conversations, 0) AS conversations,
+       coalesce(t.user_turns, 0) AS user_turns,
+       coalesce(t.users, 0) AS users,
+       coalesce(p.agent_turns, 0) AS agent_turns,
+       coalesce(p.errors, 0) AS errors
+FROM per_day p FULL OUTER JOIN turns t ON p.day = t.day"""
+    return [events, user_texts, conversations, daily]
+
+
+def _segments_path(data_dir: Path, base: Path) -> tuple[str, bool]:
+    """Return the events folder relative to ``base`` when possible, and whether it is relative."""
+    folder = events_dir(data_dir).resolve()
+    try:
+        relative = os.path.relpath(folder, base)
+    except ValueError:  # another drive on Windows
+        return folder.as_posix(), False
+    if "," in str(base):  # file_search_path is comma-separated
+        return folder.as_posix(), False
+    return Path(relative).as_posix(), True
+
+
+def _fingerprint(statements: list[str]) -> str:
+    digest = hashlib.sha256(f"{_VIEWS_VERSION}\n".encode())
+    for statement in statements:
+        digest.update(statement.encode())
+    return digest.hexdigest()
+
+
+def _stored_fingerprint(conn: duckdb.DuckDBPyConnection) -> str | None:
+    try:
+        row = conn.execute(f"SELECT fingerprint FROM {_META_TABLE}").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return str(row[0]) if row else None
+
+
+def _configure(conn: duckdb.DuckDBPyConnection, base: Path, relative: bool) -> None:
+    if relative:
+        conn.execute(f"SET file_search_path = {_literal(str(base))}")
+    conn.execute("SET TimeZone = 'UTC'")
+
+
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    return "lock" in str(exc).lower()
+
+
+def open_analytics(
+    data_dir: Path, duckdb_path: Path | None = None, *, timeout: float = 10.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the analytics database read-only, creating or refreshing its views first.
+
+    Read-only connections let several ``capture sql`` run at once, also while
+    ``capture ingest`` appends. When the views are missing or stale (first
+    use, the data dir moved relative to the ``.duckdb`` file, a new capture
+    version), the file is opened for writing once to recreate them; another
+    process creating them at the same moment is waited for up to ``timeout``.
+
+    Args:
+        data_dir: The data dir whose ``events/`` the views read.
+        duckdb_path: Default ``<data dir>/analytics.duckdb``.
+        timeout: Seconds to wait for another process holding the file for writing.
+
+    Raises:
+        ProjectionError: the file cannot be opened or the views created.
+
+    """
+    duckdb_path = duckdb_path or default_duckdb_path(data_dir)
+    base = duckdb_path.parent.resolve()
+    segments, relative = _segments_path(data_dir, base)
+    statements = view_statements(segments)
+    fingerprint = _fingerprint(statements)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if duckdb_path.exists():
+                conn = duckdb.connect(str(duckdb_path), read_only=True)
+                try:
+                    _configure(conn, base, relative)
+                    if _stored_fingerprint(conn) == fingerprint:
+                        return conn
+                except BaseException:
+                    conn.close()
+                    raise
+                conn.close()
+            _create_views(duckdb_path, base, relative, statements, fingerprint)
+        except duckdb.Error as exc:
+            if _is_lock_conflict(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)  # another process is (re)creating the views
+                continue
+            raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
+        except OSError as exc:
+            raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
+
+
+def _create_views(
+    duckdb_path: Path, base: Path, relative: bool, statements: list[str], fingerprint: str
+) -> None:
+    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(str(duckdb_path))
+    try:
+        _configure(conn, base, relative)
+        conn.execute("BEGIN TRANSACTION")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"CREATE OR REPLACE TABLE {_META_TABLE} (fingerprint VARCHAR, created_at TIMESTAMPTZ)")
+        conn.execute(f"INSERT INTO {_META_TABLE} VALUES (?, now())", [fingerprint])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@dataclass
+class QueryResult:
+    """The result of :func:`run_query`.
+
+    Attributes:
+        columns: Column names (empty for a statement that returns nothing).
+        types: DuckDB type names, one per column.
+        rows: The rows, fetched lazily in batches; iterate once.
+
+    """
+
+    columns: list[str]
+    types: list[str]
+    rows: Iterator[tuple[Any, ...]]
+
+
+def _fetch(conn: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[tuple[Any, ...]]:
+    while True:
+        try:
+            batch = conn.fetchmany(batch_rows)
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from exc
+        if not batch:
+            return
+        yield from batch
+
+
+def run_query(conn: duckdb.DuckDBPyConnection, sql: str, *, batch_rows: int = 10_000) -> QueryResult:
+    """Run one SQL statement given by a user.
+
+    Raises:
+        QueryError: DuckDB rejected or failed the statement; the message is DuckDB's.
+
+    """
+    try:
+        conn.execute(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from exc
+    description = conn.description
+    if not description:
+        return QueryResult([], [], iter(()))
+    columns = [str(column[0]) for column in description]
+    types = [str(column[1]) for column in description]
+    return QueryResult(columns, types, _fetch(conn, batch_rows))

@@ -1,0 +1,146 @@
+"""The live projection while ``capture ingest`` runs: a separate follower process.
+
+The ingest process calls :func:`start_live_projection` once its log writer is
+open and :meth:`LiveProjection.stop` at shutdown, after closing the writer.
+The work happens in another process (:mod:`projections.follow`), never on the
+receive path: parsing and SQLite writes there cannot delay a frame or a pong,
+and on a 2-core machine a thread would contend for the ingest's GIL. Under a
+burst the follower (at a lower priority) falls behind and catches up; its lag
+is in :func:`projection_status`.
+
+The follower takes no lock on the data dir (``capture.lock`` belongs to the
+writer); it reads segments and writes the database under SQLite's locking.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ingest.log import LogWriter
+
+from .follow import DEFAULT_POLL_INTERVAL
+from .sqlite_store import UserTextStore, default_db_path, projection_status
+
+
+__all__ = [
+    "LiveProjection",
+    "live_projection_sidecar",
+    "projection_status",
+    "start_live_projection",
+]
+
+log = logging.getLogger("capture.projection")
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LiveProjection:
+    """A running follower process; stop it with :meth:`stop`."""
+
+    def __init__(self, process: subprocess.Popen[bytes], data_dir: Path, db_path: Path) -> None:
+        self.process = process
+        self.data_dir = data_dir
+        self.db_path = db_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Let the follower apply what the log holds, then end it; return its exit status.
+
+        Close the log writer first, so that "what the log holds" is final.
+        A follower still busy after ``timeout`` seconds (far behind after a
+        burst) is ended; the next ``capture ingest`` or ``capture project``
+        applies the rest.
+        """
+        process = self.process
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "the live projection did not catch up within %.0f s; "
+                "`capture project` (or the next ingest) applies the rest",
+                timeout,
+            )
+            process.terminate()
+            try:
+                code = process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+        if code != 0:
+            log.warning("the live projection exited with status %s", code)
+        return code
+
+
+def start_live_projection(
+    data_dir: Path, db_path: Path | None = None, *, poll_interval: float = DEFAULT_POLL_INTERVAL
+) -> LiveProjection:
+    """Start the follower process that keeps ``user_texts`` up to date with the log.
+
+    Returns at once; the follower first catches up from the stored position,
+    then applies new lines within about ``poll_interval`` of their append.
+
+    Raises:
+        ProjectionError: the database cannot be used (checked here, before the
+            process starts, e.g. it needs ``capture rebuild``).
+
+    """
+    db_path = db_path or default_db_path(data_dir)
+    UserTextStore.open(db_path).close()
+    env = dict(os.environ)
+    # The follower must run this very code, whatever the working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    argv = [
+        sys.executable,
+        "-m",
+        "projections.follow",
+        "--data-dir",
+        str(data_dir.resolve()),
+        "--db",
+        str(db_path.resolve()),
+        "--poll-interval",
+        str(poll_interval),
+    ]
+    if sys.platform == "win32":
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, creationflags=flags)
+    else:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, start_new_session=True)
+    return LiveProjection(process, data_dir, db_path)
+
+
+def live_projection_sidecar(
+    data_dir: Path, db_path: Path | None
+) -> Callable[[LogWriter], Callable[[], None]]:
+    """Adapt :func:`start_live_projection` to ``ingest.service``'s sidecar hook.
+
+    The returned callable starts the follower once the writer is open and
+    returns the function that stops it.
+    """
+
+    def start(writer: LogWriter) -> Callable[[], None]:
+        projection = start_live_projection(writer.data_dir, db_path)
+
+        def stop() -> None:
+            projection.stop()
+
+        return stop
+
+    return start
