@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import ingest_command
+from . import demo_command, ingest_command, projection_commands, simulate_command
 
 
 app = typer.Typer(
@@ -15,6 +15,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 ingest_command.register(app)
+simulate_command.register(app)
+projection_commands.register(app)
+demo_command.register(app)
 
 
 def main() -> None:

@@ -34,8 +34,6 @@ FSYNC_HELP = (
 )
 
 
-
-
 def register(app: typer.Typer) -> None:
     """Add ``ingest`` and ``status`` to ``app``."""
 
@@ -80,7 +78,9 @@ def register(app: typer.Typer) -> None:
         fsync: Annotated[FsyncPolicy, typer.Option("--fsync", help=FSYNC_HELP)] = FsyncPolicy.INTERVAL,
         fsync_interval: Annotated[
             float,
-            typer.Option("--fsync-interval", min=0.001, max=0.2, help="Seconds between fsyncs for 'interval'."),
+            typer.Option(
+                "--fsync-interval", min=0.001, max=0.2, help="Seconds between fsyncs for 'interval'."
+            ),
         ] = 0.2,
         segment_size: Annotated[
             str, typer.Option("--segment-size", help="Roll to a new segment at this size.")
@@ -190,4 +190,4 @@ def _projection_status(data_dir: Path) -> dict[str, object] | None:
         from projections.sqlite_store import projection_status
     except ImportError:
         return None
-    return projection_status(data_dir, None)  # type: ignore[no-any-return]
+    return projection_status(data_dir, None)

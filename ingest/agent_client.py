@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.protocol import State
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
     InvalidStatus,
     InvalidURI,
 )
+from websockets.protocol import State
 
 from .agent_urls import initiation_frame, public_ws_url, signed_url_endpoint
 from .envelope import Origin

@@ -141,8 +141,7 @@ class DataDirLock:
             os.close(fd)
             holder = _read_holder(self.path)
             raise LockedError(
-                f"another {holder} is writing to {self.path.parent}; "
-                "stop it first, or use another --data-dir"
+                f"another {holder} is writing to {self.path.parent}; stop it first, or use another --data-dir"
             )
         info = {
             "pid": os.getpid(),
@@ -196,5 +195,3 @@ def probe_lock(data_dir: Path) -> LockHolder | None:
     finally:
         os.close(fd)
     return _read_holder(path)
-
-

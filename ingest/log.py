@@ -366,26 +366,43 @@ class LogWriter:
         return self._active
 
     def sync(self) -> None:
-        """Fsync the active segment now if anything is unsynced."""
+        """Fsync the active segment if anything appended is unsynced.
+
+        When it returns, every line appended before the call is on stable
+        storage (a rolled segment was fsynced when it was closed). Safe to
+        call from another thread (``await asyncio.to_thread(writer.sync)``), as
+        the fsync thread does; it waits for an fsync already in progress.
+
+        Raises:
+            LogWriteError: this fsync, or an earlier write or fsync, failed.
+
+        """
         active = self._active
-        if active is None or not active.dirty:
-            return
-        with active.lock:
-            if active.fd < 0:
-                return
-            active.dirty = False
-            try:
-                os.fsync(active.fd)
-            except OSError as exc:
-                self._fail(LogWriteError(f"fsync of {active.path} failed: {exc.strerror or exc}; stopping"))
-                return
-        self.stats.fsyncs += 1
+        if active is not None:
+            with active.lock:
+                # dirty is checked under the lock: an fsync in progress in the
+                # other thread may have cleared it before reaching the disk.
+                if active.fd >= 0 and active.dirty:
+                    active.dirty = False
+                    try:
+                        os.fsync(active.fd)
+                    except OSError as exc:
+                        self._fail(
+                            LogWriteError(f"fsync of {active.path} failed: {exc.strerror or exc}; stopping")
+                        )
+                    else:
+                        self.stats.fsyncs += 1
+        if self._error is not None:
+            raise self._error
 
     def _fsync_loop(self) -> None:
         while not self._stop.wait(self.fsync_interval):
             if self._error is not None:
                 return
-            self.sync()
+            try:
+                self.sync()
+            except LogWriteError:
+                return  # reported through on_error; the next append raises it
 
     def close(self) -> None:
         """Fsync and close the active segment, stop the fsync thread, release the lock.

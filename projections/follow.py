@@ -26,7 +26,7 @@ from ingest.log import events_dir
 
 from .log_tail import LogTail
 from .sqlite_store import UserTextStore
-from .user_texts import SkipReason, fold
+from .user_texts import fold
 
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "follow", "main"]
@@ -72,10 +72,8 @@ def follow(
                 from_seq = store.last_seq
                 state = store.state.copy()
                 result = fold(state, read.lines)
-                if read.invalid:
-                    result.skipped[SkipReason.INVALID_LINE] += read.invalid
                 try:
-                    inserted = store.apply(result, from_seq)
+                    inserted = store.apply(result, from_seq, read.invalid)
                 except ProjectionError as exc:
                     if not isinstance(exc.__cause__, sqlite3.OperationalError):
                         raise

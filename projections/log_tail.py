@@ -30,13 +30,14 @@ class TailRead:
 
     Attributes:
         lines: Valid lines, in log order, with seq above the tail's start.
-        invalid: Complete lines that did not decode (and the torn end of a
-            segment that was rotated away from).
+        invalid: Where the complete lines that did not decode are (and the
+            torn end of a segment the writer rolled away from): the first seq
+            of their segment and their byte offset.
 
     """
 
     lines: list[LogLine] = field(default_factory=list)
-    invalid: int = 0
+    invalid: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _quick_seq(raw: bytes) -> int | None:
@@ -60,6 +61,7 @@ class LogTail:
         self._file: IO[bytes] | None = None
         self._segment: Path | None = None
         self._pending = b""
+        self._pending_offset = 0  # where _pending starts in the segment
         self._skip_to = after_seq
         self.seek(after_seq)
 
@@ -82,6 +84,10 @@ class LogTail:
         self._file = open_segment(path)
         self._segment = path
         self._pending = b""
+        self._pending_offset = 0
+
+    def _segment_seq(self) -> int:
+        return (first_seq_of(self._segment) if self._segment is not None else None) or 0
 
     def _successor(self) -> Path | None:
         current = first_seq_of(self._segment) if self._segment is not None else None
@@ -106,12 +112,13 @@ class LogTail:
             try:
                 line = decode_line(raw)
             except LineError:
-                out.invalid += 1
+                out.invalid.append((self._segment_seq(), self._pending_offset + start - len(raw)))
                 continue
             if line.seq <= self._skip_to:
                 continue
             out.lines.append(line)
         self._pending = data[start:]
+        self._pending_offset += start
 
     def read(self, max_lines: int = 10_000) -> TailRead:
         """Return up to ``max_lines`` new complete lines (fewer when the log has no more yet)."""
@@ -139,7 +146,7 @@ class LogTail:
                 self._pending += chunk
                 continue
             if self._pending:
-                out.invalid += 1  # a torn end in a closed segment
+                out.invalid.append((self._segment_seq(), self._pending_offset))  # a closed segment's torn end
             self._file.close()
             self._open(successor)
 

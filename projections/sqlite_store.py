@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -42,6 +42,7 @@ from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, fold
 
 __all__ = [
     "DEFAULT_DB_NAME",
+    "LinePosition",
     "SCHEMA_VERSION",
     "ProjectReport",
     "Progress",
@@ -60,7 +61,12 @@ SCHEMA_VERSION = 1
 #: Called after each committed batch with the seq of the last applied line.
 Progress = Callable[[int], None]
 
-_OUR_TABLES = frozenset({"user_texts", "projection_state", "projection_users", "projection_gaps"})
+#: Where a line is: the first seq of its segment (the name without extension) and its byte offset.
+LinePosition = tuple[int, int]
+
+_OUR_TABLES = frozenset(
+    {"user_texts", "projection_state", "projection_users", "projection_gaps", "projection_invalid_lines"}
+)
 
 _SCHEMA = (
     """CREATE TABLE user_texts (
@@ -91,6 +97,13 @@ _SCHEMA = (
         after_seq INTEGER NOT NULL,
         next_seq INTEGER NOT NULL,
         PRIMARY KEY (after_seq, next_seq)
+    ) WITHOUT ROWID""",
+    # Where each invalid line is (segment by its first seq, so compressing it
+    # keeps the key; byte offset), so a re-read never counts it twice.
+    """CREATE TABLE projection_invalid_lines (
+        segment_first_seq INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        PRIMARY KEY (segment_first_seq, offset)
     ) WITHOUT ROWID""",
 )
 
@@ -212,12 +225,16 @@ class UserTextStore:
     def last_seq(self) -> int:
         return self.state.last_seq
 
-    def apply(self, result: FoldResult, from_seq: int) -> int | None:
+    def apply(self, result: FoldResult, from_seq: int, invalid: Sequence[LinePosition] = ()) -> int | None:
         """Store one folded batch and its position in one transaction.
 
         Args:
-            result: What :func:`~projections.user_texts.fold` returned.
+            result: What :func:`~projections.user_texts.fold` returned; its
+                ``skipped`` counts are completed with ``duplicate_turn`` and
+                ``invalid_line``.
             from_seq: The position the batch was folded from.
+            invalid: Where the invalid lines read with the batch are; each is
+                counted once, however often it is read.
 
         Returns:
             The number of rows inserted, or ``None`` if the stored position is
@@ -247,6 +264,15 @@ class UserTextStore:
                         "INSERT OR REPLACE INTO projection_users (connection_id, user_id) VALUES (?, ?)",
                         result.user_ids.items(),
                     )
+                if invalid:
+                    before = conn.total_changes
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO projection_invalid_lines (segment_first_seq, offset)"
+                        " VALUES (?, ?)",
+                        invalid,
+                    )
+                    if conn.total_changes > before:
+                        result.skipped[SkipReason.INVALID_LINE] += conn.total_changes - before
                 if result.gaps:
                     conn.executemany(
                         "INSERT OR IGNORE INTO projection_gaps (after_seq, next_seq) VALUES (?, ?)",
@@ -340,6 +366,23 @@ def _ensure_schema(conn: sqlite3.Connection, db_path: Path) -> None:
         raise
 
 
+def _positions(corrupt: list[tuple[str, int]]) -> list[LinePosition]:
+    return [(first_seq_of(Path(name)) or 0, offset) for name, offset in corrupt]
+
+
+def _partial_tail(folder: Path) -> bool:
+    """Whether the active segment ends inside a line (a write in progress, or a torn tail)."""
+    segments = list_segments(folder)
+    if not segments or segments[-1].suffix != ".jsonl":
+        return False
+    with segments[-1].open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
+
+
 def _catch_up(
     store: UserTextStore,
     folder: Path,
@@ -358,16 +401,16 @@ def _catch_up(
             from_seq = store.last_seq
             state = store.state.copy()
             result = fold(state, islice(lines, batch_lines))
-            invalid = len(stats.corrupt) - invalid_seen
-            if result.lines == 0 and not result.skipped and invalid == 0:
+            # The reader also reports a torn end of the last segment; that is a
+            # line still being written, not an invalid one.
+            invalid = _positions(stats.corrupt[invalid_seen:])
+            if result.lines == 0 and not result.skipped and not invalid:
                 break
-            if invalid:
-                result.skipped[SkipReason.INVALID_LINE] += invalid
-            inserted = store.apply(result, from_seq)
+            inserted = store.apply(result, from_seq, invalid)
             if inserted is None:
                 moved = True
                 break
-            invalid_seen += invalid
+            invalid_seen = len(stats.corrupt)
             store.state = state
             report.lines_read += result.lines
             report.rows_written += inserted
@@ -376,7 +419,7 @@ def _catch_up(
             if progress is not None:
                 progress(state.last_seq)
         if not moved:
-            report.partial_tail = stats.partial_tail
+            report.partial_tail = _partial_tail(folder)
             report.last_seq = store.last_seq
             return
         store.reload()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import orjson
@@ -27,7 +28,7 @@ from tests.user_text_cases import (
     line,
     message,
     metadata,
-    reference_rows,
+    reference,
     stamp,
     transcript,
 )
@@ -48,7 +49,9 @@ def run(lines: Sequence[LogLine], state: FoldState | None = None) -> tuple[list[
 
 def test_final_transcript_gives_a_row_with_every_column() -> None:
     """A received user_transcript becomes a row; metadata keeps the frame byte for byte."""
-    frame = '{"type":"user_transcript","user_transcription_event":{"user_transcript":"Ol\\u00e1","event_id":3}}'
+    frame = (
+        '{"type":"user_transcript","user_transcription_event":{"user_transcript":"Ol\\u00e1","event_id":3}}'
+    )
     result = fold(FoldState(), [line(7, frame, conversation_id="conv_9")])
     assert result.gaps == [Gap(0, 7)]
     [row] = result.rows
@@ -143,7 +146,10 @@ def test_user_message_with_null_text_is_no_text() -> None:
 @pytest.mark.parametrize(
     ("frame", "direction"),
     [
-        ('{"type":"tentative_user_transcript","tentative_user_transcription_event":{"user_transcript":"I ne"}}', "in"),
+        (
+            '{"type":"tentative_user_transcript","tentative_user_transcription_event":{"user_transcript":"I"}}',
+            "in",
+        ),
         ('{"type":"agent_response","agent_response_event":{"agent_response":"Sure","event_id":4}}', "in"),
         ('{"type":"agent_chat_response_part","text_response_part":{"text":"Su","type":"delta"}}', "in"),
         (transcript("yes"), "out"),  # not received: not a transcript of the user
@@ -172,7 +178,13 @@ def test_user_id_comes_from_the_init_frame_of_the_same_connection() -> None:
             line(8, transcript("hi"), connection_id="C", conversation_id="conv_c"),
         ]
     )
-    assert [row.user_id for row in rows] == ["user-123", "user-123", DEFAULT_USER_ID, "from-event", DEFAULT_USER_ID]
+    assert [row.user_id for row in rows] == [
+        "user-123",
+        "user-123",
+        DEFAULT_USER_ID,
+        "from-event",
+        DEFAULT_USER_ID,
+    ]
     assert state.user_ids == {"A": "user-123"}
 
 
@@ -210,10 +222,18 @@ def test_any_frames_in_any_batches_equal_the_reference_model(steps: list, cuts: 
     lines = [decode_line(r) for r in raw]
     state = FoldState()
     rows: list[UserTextRow] = []
+    skipped: Counter[str] = Counter()
+    gaps: list[Gap] = []
     for batch in _split(lines, cuts):
-        rows.extend(fold(state, batch).rows)
+        result = fold(state, batch)
+        rows.extend(result.rows)
+        skipped.update(result.skipped)
+        gaps.extend(result.gaps)
     kept = table(rows)
-    assert [(r.kind, r.session_id, r.user_id, r.text, r.timestamp, r.seq) for r in kept] == reference_rows(raw)
+    model = reference(raw)
+    assert [(r.kind, r.session_id, r.user_id, r.text, r.timestamp, r.seq) for r in kept] == model.rows
+    assert {str(k): v for k, v in skipped.items()} == model.skipped
+    assert [(g.after_seq, g.next_seq) for g in gaps] == model.gaps
     # Resuming from a copy of the state mid-way gives the same as one pass.
     one_pass = table(fold(FoldState(), lines).rows)
     assert kept == one_pass

@@ -115,8 +115,12 @@ STEP = st.one_of(
     st.builds(Step, st.just("metadata"), st.integers(0, 2)),
     st.builds(Step, st.just("transcript"), st.integers(0, 2), TEXTS, EVENT_IDS, st.booleans()),
     st.builds(Step, st.just("transcript_no_text"), st.integers(0, 2), st.sampled_from([None, 5])),
-    st.builds(Step, st.just("message"), st.integers(0, 2), st.one_of(TEXTS, st.none()), st.none(), st.booleans()),
-    st.builds(Step, st.just("other"), st.integers(0, 2), st.sampled_from(["agent", "tentative", "raw", "bytes"])),
+    st.builds(
+        Step, st.just("message"), st.integers(0, 2), st.one_of(TEXTS, st.none()), st.none(), st.booleans()
+    ),
+    st.builds(
+        Step, st.just("other"), st.integers(0, 2), st.sampled_from(["agent", "tentative", "raw", "bytes"])
+    ),
     st.builds(Step, st.just("replay"), st.integers(0, 2), st.integers(0, 50)),
     st.builds(Step, st.just("gap"), st.integers(0, 2), st.integers(1, 3)),
 )
@@ -153,9 +157,17 @@ def build_log(steps: Sequence[Step]) -> list[bytes]:
         elif step.kind == "message":
             frame, direction = message(step.value), direction_out
         elif step.value == "agent":
-            frame, direction = '{"type":"agent_response","agent_response_event":{"agent_response":"hi"}}', "in"
+            frame, direction = (
+                '{"type":"agent_response","agent_response_event":{"agent_response":"hi"}}',
+                "in",
+            )
         elif step.value == "tentative":
-            frame = '{"type":"tentative_user_transcript","tentative_user_transcription_event":{"user_transcript":"x"}}'
+            frame = orjson.dumps(
+                {
+                    "type": "tentative_user_transcript",
+                    "tentative_user_transcription_event": {"user_transcript": "x"},
+                }
+            ).decode()
             direction = "in"
         elif step.value == "raw":
             frame, direction = "not json {", "in"
@@ -165,16 +177,38 @@ def build_log(steps: Sequence[Step]) -> list[bytes]:
     return lines
 
 
-def reference_rows(raw_lines: Sequence[bytes]) -> list[tuple[Any, ...]]:
-    """The rule, plainly: (kind, session_id, user_id, text, timestamp, seq) per kept row, in order."""
+@dataclass
+class Reference:
+    """What the model says a log gives."""
+
+    rows: list[tuple[Any, ...]]  # (kind, session_id, user_id, text, timestamp, seq) per kept row
+    skipped: dict[str, int]  # duplicate_line, no_text, empty_text (not duplicate_turn)
+    gaps: list[tuple[int, int]]  # (after_seq, next_seq)
+
+
+BLANK = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+BLANK += "\u200b\u200c\u200d\u2060\ufeff" + "".join(chr(c) for c in range(0x2000, 0x200B))
+
+
+def reference(raw_lines: Sequence[bytes]) -> Reference:
+    """The rule, plainly."""
     rows: dict[Any, tuple[Any, ...]] = {}
+    skipped: dict[str, int] = {}
+    gaps: list[tuple[int, int]] = []
     users: dict[str, str] = {}
     last = 0
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
     for raw in raw_lines:
         envelope = orjson.loads(raw)
         seq = envelope["seq"]
         if seq <= last:
+            skip("duplicate_line")
             continue
+        if seq != last + 1:
+            gaps.append((last, seq))
         last = seq
         event = envelope.get("event")
         if not isinstance(event, dict):
@@ -195,9 +229,11 @@ def reference_rows(raw_lines: Sequence[bytes]) -> list[tuple[Any, ...]]:
             text = event.get("text")
         else:
             continue
-        blank = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000\u200b\u200c\u200d\u2060\ufeff"
-        blank += "".join(chr(c) for c in range(0x2000, 0x200B))
-        if not isinstance(text, str) or not text.strip(blank):
+        if not isinstance(text, str):
+            skip("no_text")
+            continue
+        if not text.strip(BLANK):
+            skip("empty_text")
             continue
         if kind == "user_transcript" and conv is not None and event_id is not None:
             key: Any = ("transcript", conv, event_id, text)
@@ -207,4 +243,4 @@ def reference_rows(raw_lines: Sequence[bytes]) -> list[tuple[Any, ...]]:
             continue
         user_id = users.get(conn) or (event.get("user_id") if isinstance(event.get("user_id"), str) else None)
         rows[key] = (kind, conv, user_id or "eleven_user", text, envelope["received_at"], seq)
-    return list(rows.values())
+    return Reference(list(rows.values()), skipped, gaps)
