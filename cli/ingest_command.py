@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--db",
                 envvar="WHATSAPP_DB_PATH",
-                help="SQLite file of the user_texts projection [default: <data dir>/whatsapp_storage.db].",
+                help="SQLite file of the user_texts projection (default: <data dir>/whatsapp_storage.db).",
                 show_default=False,
             ),
         ] = None,

@@ -42,11 +42,13 @@ from .log import LogWriter
 from .reconnect import Backoff, Ended, ReconnectPolicy, Verdict, classify
 
 
-__all__ = ["AgentConfig", "AgentClient", "IngestSummary", "SOURCE"]
+__all__ = ["CAPTURE_SOURCE", "SOURCE", "AgentClient", "AgentConfig", "IngestSummary"]
 
 log = logging.getLogger("capture.ingest")
 
 SOURCE = "agent_ws"
+# Lines capture writes about its own sessions (how a connection ended).
+CAPTURE_SOURCE = "capture"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 # After the last typed line was sent, how long to wait for the agent's reply
@@ -279,6 +281,7 @@ class AgentClient:
         lived = time.monotonic() - opened
         code = websocket.close_code
         reason = websocket.close_reason
+        self._log_closed(conn, websocket, lived)
         if conn.origin_in.conversation_id is not None:
             self.summary.conversations += 1
         log.info(
@@ -298,6 +301,27 @@ class AgentClient:
             error=conn.last_error,
             stopped=self.stop.is_set(),
         )
+
+    def _log_closed(self, conn: _Connection, websocket: ClientConnection, lived: float) -> None:
+        """Append capture's own record of how the connection ended (source ``capture``)."""
+        protocol = websocket.protocol
+        if protocol.close_rcvd is None:
+            closed_by = "client" if protocol.close_sent is not None else "network"
+        else:
+            closed_by = "server" if protocol.close_rcvd_then_sent is not False else "client"
+        record = {
+            "type": "connection_closed",
+            "close_code": websocket.close_code if websocket.close_code is not None else 1006,
+            "close_reason": websocket.close_reason or "",
+            "closed_by": closed_by,
+            "duration_s": round(lived, 3),
+            "frames": conn.frames,
+            "audio_skipped": conn.audio,
+        }
+        origin = Origin(
+            CAPTURE_SOURCE, "in", self.config.agent_id, conn.connection_id, conn.origin_in.conversation_id
+        )
+        self.writer.append(origin, inspect_frame(orjson.dumps(record).decode()))
 
     async def _receive(self, websocket: ClientConnection, conn: _Connection) -> None:
         """The receive path: log, then answer; ends when the connection closes."""

@@ -87,7 +87,13 @@ def test_normal_conversation_is_logged_in_order(data_dir: Path) -> None:
     transcripts = [line.event for line in lines if line.type == "user_transcript"]
     assert transcripts and transcripts[0] is not None
     assert transcripts[0]["user_transcription_event"]["user_transcript"] == "I need help with billing."
-    assert all(line.source == "agent_ws" and line.envelope["agent_id"] == "agent_demo" for line in lines)
+    assert all(line.envelope["agent_id"] == "agent_demo" for line in lines)
+    assert all(line.source == "agent_ws" for line in lines[:-1])
+    # capture's own record of how the connection ended comes last.
+    assert lines[-1].source == "capture" and lines[-1].event is not None
+    assert lines[-1].event["type"] == "connection_closed"
+    assert lines[-1].event["close_code"] == 1000 and lines[-1].event["closed_by"] == "server"
+    assert lines[-1].event["frames"] == len(lines) - 2  # the init (out) and this record are not received frames
 
 
 def test_audio_is_counted_never_logged(data_dir: Path) -> None:
