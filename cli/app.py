@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from . import demo_command, ingest_command, projection_commands, simulate_command
+from . import (
+    backfill_command,
+    demo_command,
+    ingest_command,
+    monitor_command,
+    projection_commands,
+    simulate_command,
+    webhook_command,
+)
 
 
 app = typer.Typer(
@@ -18,6 +26,9 @@ ingest_command.register(app)
 simulate_command.register(app)
 projection_commands.register(app)
 demo_command.register(app)
+webhook_command.register(app)
+backfill_command.register(app)
+monitor_command.register(app)
 
 
 def main() -> None:

@@ -12,13 +12,16 @@ import typer
 from rich.table import Table
 
 from ingest.agent_client import AgentConfig
-from ingest.agent_urls import DEFAULT_BASE_URL
+from ingest.agent_urls import DEFAULT_BASE_URL, ws_base_url
+from ingest.backfill import BackfillConfig, run_backfill
 from ingest.errors import ConfigError
-from ingest.log import FsyncPolicy
+from ingest.log import FsyncPolicy, LogWriter
+from ingest.monitor import MonitorConfig, run_monitor
 from ingest.segments import DEFAULT_MAX_AGE, RotationPolicy
-from ingest.service import IngestSettings, Sidecar, ingest
+from ingest.service import IngestSettings, Sidecar, Source, ingest
 from ingest.status import log_status
 from ingest.user_input import open_input, read_lines
+from ingest.webhook import WebhookConfig, run_webhook_server
 
 from .options import DataDir, parse_size, parse_vars
 from .output import console, reporting_errors, setup_logging
@@ -101,6 +104,45 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        agent_ws: Annotated[
+            bool,
+            typer.Option(
+                "--agent-ws/--no-agent-ws",
+                help="Hold conversations on the agent WebSocket. Turn off to run only the other sources.",
+            ),
+        ] = True,
+        webhook_port: Annotated[
+            int | None,
+            typer.Option(
+                "--webhook-port",
+                min=0,
+                max=65535,
+                help="Also receive post-call webhooks on this port (secret: ELEVENLABS_WEBHOOK_SECRET).",
+                show_default=False,
+            ),
+        ] = None,
+        webhook_host: Annotated[
+            str, typer.Option("--webhook-host", help="Interface the webhook receiver listens on.")
+        ] = "127.0.0.1",
+        webhook_path: Annotated[
+            str, typer.Option("--webhook-path", help="URL path of the webhook receiver.")
+        ] = "/webhooks/elevenlabs",
+        backfill_follow: Annotated[
+            bool,
+            typer.Option(
+                "--backfill-follow",
+                help="Also poll the Conversations REST API for finished conversations (needs the API key).",
+            ),
+        ] = False,
+        backfill_interval: Annotated[
+            float, typer.Option("--backfill-interval", min=1.0, help="Seconds between REST polls.")
+        ] = 60.0,
+        monitor: Annotated[
+            bool,
+            typer.Option(
+                "--monitor", help="Also attach to the agent's live conversations (enterprise monitor socket)."
+            ),
+        ] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
     ) -> None:
         """Hold conversations with an agent and append every frame (audio excepted) to the log.
@@ -110,21 +152,35 @@ def register(app: typer.Typer) -> None:
         """
         setup_logging(verbose)
         with reporting_errors():
-            if not agent_id:
-                raise ConfigError("no agent id: pass --agent-id or set AGENT_ID")
             api_key = os.environ.get("ELEVENLABS_API_KEY") or None
-            agent = AgentConfig(
+            needs_agent = agent_ws or backfill_follow or monitor
+            if needs_agent and not agent_id:
+                raise ConfigError("no agent id: pass --agent-id or set AGENT_ID")
+            if not (agent_ws or backfill_follow or monitor or webhook_port is not None):
+                raise ConfigError(
+                    "nothing to capture: --no-agent-ws needs --webhook-port, --backfill-follow or --monitor"
+                )
+            # Fail on a bad URL now rather than at the first connection.
+            ws_base_url(base_url)
+            agent = None
+            if agent_ws:
+                assert agent_id is not None
+                agent = AgentConfig(
+                    agent_id=agent_id,
+                    base_url=base_url,
+                    api_key=api_key,
+                    text_only=not audio,
+                    user_id=user_id,
+                    dynamic_variables=parse_vars(var or []),
+                )
+            sources = other_sources(
                 agent_id=agent_id,
                 base_url=base_url,
                 api_key=api_key,
-                text_only=not audio,
-                user_id=user_id,
-                dynamic_variables=parse_vars(var or []),
+                webhook=(webhook_host, webhook_port, webhook_path) if webhook_port is not None else None,
+                backfill_interval=backfill_interval if backfill_follow else None,
+                monitor=monitor,
             )
-            # Fail on a bad URL now rather than at the first connection.
-            from ingest.agent_urls import ws_base_url
-
-            ws_base_url(base_url)
             settings = IngestSettings(
                 data_dir=data_dir,
                 fsync=fsync,
@@ -139,6 +195,7 @@ def register(app: typer.Typer) -> None:
                     agent,
                     settings,
                     user_lines=read_lines(stream) if stream is not None else None,
+                    sources=sources,
                     sidecars=sidecars,
                 )
             )
@@ -175,6 +232,53 @@ def register(app: typer.Typer) -> None:
             for key, value in extra.items():
                 table.add_row(f"projection {key}", str(value))
         console.print(table)
+
+
+def other_sources(
+    *,
+    agent_id: str | None,
+    base_url: str,
+    api_key: str | None,
+    webhook: tuple[str, int, str] | None,
+    backfill_interval: float | None,
+    monitor: bool,
+) -> list[Source]:
+    """Build the sources that run beside the agent WebSocket, validating their settings now."""
+    sources: list[Source] = []
+    if webhook is not None:
+        secret = os.environ.get("ELEVENLABS_WEBHOOK_SECRET") or ""
+        if not secret:
+            raise ConfigError("--webhook-port needs the webhook secret: set ELEVENLABS_WEBHOOK_SECRET")
+        host, port, path = webhook
+        config = WebhookConfig(secret=secret, host=host, port=port, path=path)
+
+        async def webhooks(writer: LogWriter, stop: asyncio.Event) -> object:
+            return await run_webhook_server(writer, config, stop)
+
+        sources.append(webhooks)
+    if backfill_interval is not None or monitor:
+        if not api_key:
+            raise ConfigError("--backfill-follow and --monitor need an API key: set ELEVENLABS_API_KEY")
+        assert agent_id is not None
+    if backfill_interval is not None:
+        assert agent_id is not None and api_key is not None
+        backfill_config = BackfillConfig(
+            agent_id=agent_id, base_url=base_url, api_key=api_key, follow=True, interval=backfill_interval
+        )
+
+        async def backfill(writer: LogWriter, stop: asyncio.Event) -> object:
+            return await run_backfill(writer, backfill_config, stop)
+
+        sources.append(backfill)
+    if monitor:
+        assert agent_id is not None and api_key is not None
+        monitor_config = MonitorConfig(agent_id=agent_id, base_url=base_url, api_key=api_key)
+
+        async def live(writer: LogWriter, stop: asyncio.Event) -> object:
+            return await run_monitor(writer, monitor_config, stop)
+
+        sources.append(live)
+    return sources
 
 
 def _sidecars(data_dir: Path, db: Path | None) -> list[Sidecar]:

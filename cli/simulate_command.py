@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
+import aiohttp
+import orjson
 import typer
 
-from ingest.errors import ConfigError
+from ingest.errors import CaptureError, ConfigError
 from ingest.signals import stop_on_signals
+from ingest.sim_account import AccountSpec
 from ingest.simulator import SCENARIOS, Scenario, Simulator, scenario_from_name
+from ingest.webhook_sender import DeliveryFactory, Signing, send_many
 
 from .output import console, reporting_errors
 
@@ -25,7 +29,34 @@ def scenarios_from_names(names: list[str]) -> list[Scenario]:
         raise ConfigError(str(exc)) from None
 
 
-async def _serve(sim: Simulator) -> None:
+async def _send_webhooks(sim: Simulator, url: str, secret: str, bad_every: int) -> None:
+    """POST a signed ``post_call_transcription`` for each finished account conversation (some badly signed)."""
+    factory = DeliveryFactory(secret, agent_id=min(sim.agent_ids))
+    deliveries = []
+    bad = [s for s in Signing if s is not Signing.VALID]
+    finished = sim.account.of_agent(min(sim.agent_ids), "done", "failed") if sim.account else []
+    for i, conversation in enumerate(finished, start=1):
+        signing = bad[(i // bad_every) % len(bad)] if bad_every and i % bad_every == 0 else Signing.VALID
+        data = orjson.loads(sim.account.body(conversation.conversation_id)) if sim.account else None
+        deliveries.append(factory.transcription(signing=signing, data=data))
+    if not deliveries:
+        deliveries = factory.mix(10, bad_every=bad_every)
+    statuses: list[int] = []
+    try:
+        statuses = await send_many(url, deliveries)
+    except* (CaptureError, aiohttp.ClientError) as group:
+        console.print(f"[red]webhooks to {url} failed:[/red] {group.exceptions[0]}", highlight=False)
+    if not statuses:
+        return
+    accepted = sum(1 for status in statuses if status == 200)
+    console.print(
+        f"sent {len(deliveries)} webhooks to {url}: {accepted} answered 200, "
+        f"{len(deliveries) - accepted} refused (badly signed on purpose: every {bad_every}th)",
+        highlight=False,
+    )
+
+
+async def _serve(sim: Simulator, webhook_url: str | None, webhook_secret: str | None, bad_every: int) -> None:
     stop = asyncio.Event()
     with stop_on_signals(asyncio.get_running_loop(), stop):
         async with sim:
@@ -34,6 +65,8 @@ async def _serve(sim: Simulator) -> None:
                 f"try: capture ingest --base-url {sim.http_url} --agent-id {min(sim.agent_ids)}",
                 highlight=False,
             )
+            if webhook_url and webhook_secret:
+                await _send_webhooks(sim, webhook_url, webhook_secret, bad_every)
             await stop.wait()
 
 
@@ -74,9 +107,49 @@ def register(app: typer.Typer) -> None:
         pong_deadline: Annotated[
             float, typer.Option("--pong-deadline", min=0.01, help="Close 1002 if a pong is this late.")
         ] = 5.0,
+        account: Annotated[
+            int,
+            typer.Option(
+                "--account", min=0, help="Serve this many past conversations on the Conversations REST API."
+            ),
+        ] = 0,
+        in_progress: Annotated[
+            int,
+            typer.Option("--in-progress", min=0, help="Of those, how many are live (for `capture monitor`)."),
+        ] = 0,
+        monitor_enabled: Annotated[
+            bool,
+            typer.Option("--monitor/--no-monitor", help="Serve the monitor socket (else refuse it 403)."),
+        ] = True,
+        webhook_url: Annotated[
+            str | None,
+            typer.Option(
+                "--webhook-url",
+                help="Send signed post-call webhooks (one per finished account conversation) to this URL.",
+                show_default=False,
+            ),
+        ] = None,
+        webhook_secret: Annotated[
+            str | None,
+            typer.Option(
+                "--webhook-secret",
+                envvar="SIMULATOR_WEBHOOK_SECRET",
+                help="The HMAC secret to sign webhooks with.",
+                show_default=False,
+            ),
+        ] = None,
+        bad_every: Annotated[
+            int, typer.Option("--bad-every", min=0, help="Sign every n-th webhook badly (0: none).")
+        ] = 5,
     ) -> None:
-        """Run a local fake ElevenLabs Agents server (signed URLs, the WebSocket, scripted faults)."""
+        """Run a local fake ElevenLabs Agents server (signed URLs, the WebSocket, scripted faults).
+
+        With --account it also serves the Conversations REST API (pagination, 429s, unfinished
+        conversations) and the monitor socket; with --webhook-url it sends signed post-call webhooks.
+        """
         with reporting_errors():
+            if webhook_url and not webhook_secret:
+                raise ConfigError("--webhook-url needs --webhook-secret or SIMULATOR_WEBHOOK_SECRET")
             script = scenarios_from_names(scenario or [])
             (fallback,) = scenarios_from_names([default])
             sim = Simulator(
@@ -88,9 +161,15 @@ def register(app: typer.Typer) -> None:
                 default=fallback,
                 ping_interval=ping_interval,
                 pong_deadline=pong_deadline,
+                account=AccountSpec(
+                    conversations=account, agent_id=min(agent_id or ["agent_demo"]), in_progress=in_progress
+                )
+                if account
+                else None,
+                monitor_enabled=monitor_enabled,
             )
             try:
-                asyncio.run(_serve(sim))
+                asyncio.run(_serve(sim, webhook_url, webhook_secret, bad_every))
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc}; try --port 0"

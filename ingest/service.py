@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .agent_client import AgentClient, AgentConfig, IngestSummary
 from .errors import LogWriteError
@@ -16,13 +17,17 @@ from .segments import RotationPolicy
 from .signals import stop_on_signals
 
 
-__all__ = ["IngestSettings", "Sidecar", "ingest"]
+__all__ = ["IngestSettings", "Sidecar", "Source", "ingest"]
 
 log = logging.getLogger("capture.ingest")
 
 # Something started once the log is open and stopped before it closes (the live
 # projection, for instance); ``stop`` must return within a few seconds.
 Sidecar = Callable[[LogWriter], Callable[[], None]]
+
+# A source runs on the shared event loop, appends to the shared writer, and
+# returns soon after ``stop`` is set (webhook receiver, backfill, monitor).
+Source = Callable[[LogWriter, asyncio.Event], Coroutine[Any, Any, object]]
 
 
 @dataclass
@@ -38,23 +43,29 @@ class IngestSettings:
 
 
 async def ingest(
-    agent: AgentConfig,
+    agent: AgentConfig | None,
     settings: IngestSettings,
     *,
     user_lines: AsyncIterator[str] | None = None,
-    sidecars: list[Sidecar] | None = None,
+    sources: Sequence[Source] = (),
+    sidecars: Sequence[Sidecar] = (),
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> IngestSummary:
-    """Capture conversations with one agent into ``settings.data_dir`` until done or stopped.
+    """Capture into ``settings.data_dir`` from the agent WebSocket and any other sources.
 
-    SIGTERM and SIGINT close the connection with 1000, fsync the log and
-    release the lock; the function then returns normally.
+    All sources share one :class:`LogWriter` (one lock, one log) on this event
+    loop. When the agent client is done (``max_conversations``, end of
+    input), the other sources are stopped too; without an agent client, the
+    sources run until stopped. SIGTERM and SIGINT close the connection with
+    1000, let the sources finish, fsync the log and release the lock; the
+    function then returns normally.
 
     Raises:
         LockedError: another writer holds the data dir.
         AuthError: the server refused the key, agent or an override.
         LogWriteError: the log could not be written.
+        CaptureError: a source failed (the others are stopped first).
 
     """
     loop = asyncio.get_running_loop()
@@ -80,22 +91,26 @@ async def ingest(
             writer.recovery.quarantined,
         )
     stoppers: list[Callable[[], None]] = []
+    summary = IngestSummary()
     try:
-        for start in sidecars or []:
+        for start in sidecars:
             stoppers.append(start(writer))
-        client = AgentClient(
-            agent,
-            writer,
-            policy=settings.policy,
-            user_lines=user_lines,
-            max_conversations=settings.max_conversations,
-            stop=stop,
-        )
+        client = None
+        if agent is not None:
+            client = AgentClient(
+                agent,
+                writer,
+                policy=settings.policy,
+                user_lines=user_lines,
+                max_conversations=settings.max_conversations,
+                stop=stop,
+            )
+            summary = client.summary
         if handle_signals:
             with stop_on_signals(loop, stop):
-                summary = await client.run()
+                await _run_all(client, writer, sources, stop)
         else:
-            summary = await client.run()
+            await _run_all(client, writer, sources, stop)
     finally:
         try:
             writer.close()
@@ -105,3 +120,35 @@ async def ingest(
     if failures:
         raise failures[0]
     return summary
+
+
+async def _run_all(
+    client: AgentClient | None, writer: LogWriter, sources: Sequence[Source], stop: asyncio.Event
+) -> None:
+    """Run the agent client and the sources until done; the first error stops the rest and is raised."""
+    tasks: list[asyncio.Task[object]] = []
+    if client is not None:
+        tasks.append(asyncio.create_task(client.run(), name="agent_ws"))
+    tasks += [asyncio.create_task(source(writer, stop), name=f"source-{i}") for i, source in enumerate(sources)]
+    if not tasks:
+        return
+    agent_task = tasks[0] if client is not None else None
+    pending = set(tasks)
+    error: BaseException | None = None
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None and error is None:
+                    error = task.exception()
+                    stop.set()
+                elif task is agent_task:
+                    # The agent client finished its work: the other sources stop with it.
+                    stop.set()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    if error is not None:
+        raise error

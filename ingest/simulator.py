@@ -8,6 +8,27 @@ protocol at ``/v1/convai/conversation?agent_id=…`` (see
   ``xi-api-key``) returns ``{"signed_url": "ws://…&conversation_signature=…"}``;
 * ``GET /healthz`` returns ``200 ok``.
 
+With an ``account`` (:class:`~ingest.sim_account.AccountSpec`) it also serves
+the Conversations REST API and the monitor socket (``docs/elevenlabs-protocol.md``
+§6b, §6c) over a synthetic history of conversations:
+
+* ``GET /v1/convai/conversations`` (``agent_id``, ``cursor``, ``page_size`` ≤ 100,
+  ``call_start_after_unix``, ``call_start_before_unix``) and
+  ``GET /v1/convai/conversations/{id}``, each answered after ``rest_latency``;
+  scripted :class:`RestFault` answers (429 ``too_many_concurrent_requests`` or
+  ``system_busy``, with or without ``Retry-After``; other statuses) and a
+  concurrency limit (``rest_max_concurrency``: above it, 429
+  ``too_many_concurrent_requests``); every request is kept in
+  :attr:`Simulator.rest_requests`, the most simultaneous in
+  :attr:`Simulator.rest_max_in_flight`;
+* ``/v1/convai/conversations/{id}/monitor`` (WebSocket, header ``xi-api-key``):
+  for an ``in-progress`` conversation, plays its transcript as agent-socket
+  events (``user_transcript``, ``agent_response``, ``audio``), then closes 1000
+  and the conversation is ``processing``; refused with 403 (or closed 1008)
+  when ``monitor_enabled`` is false; kept in :attr:`Simulator.monitors`.
+
+Without an account those paths answer 404, as before.
+
 What each connection does is a :class:`Scenario`: by default a well-formed
 conversation (metadata, a first message, scripted spoken user turns, replies,
 pings), optionally with a fault (refused handshake, abrupt drop, odd close
@@ -39,8 +60,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .sim_account import Account, AccountSpec, BadQuery
+
 
 __all__ = [
+    "CONVERSATIONS_PATH",
     "CONVERSATION_PATH",
     "FAULTS",
     "HEALTH_PATH",
@@ -49,7 +73,11 @@ __all__ = [
     "MAX_CLIENT_FRAME",
     "SCENARIOS",
     "SIGNED_URL_PATH",
+    "AccountSpec",
     "ConnectionRecord",
+    "MonitorRecord",
+    "RestFault",
+    "RestRecord",
     "Scenario",
     "Simulator",
     "SimulatorThread",
@@ -64,6 +92,8 @@ SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
 # The underscore spelling is the same operation, documented as deprecated.
 _SIGNED_URL_PATHS = frozenset({SIGNED_URL_PATH, "/v1/convai/conversation/get_signed_url"})
 HEALTH_PATH = "/healthz"
+CONVERSATIONS_PATH = "/v1/convai/conversations"
+_MONITOR_SUFFIX = "/monitor"
 
 #: Largest client frame the server accepts, like the official SDKs' ``max_size``.
 MAX_CLIENT_FRAME = 16 * 1024 * 1024
@@ -292,6 +322,89 @@ class ConnectionRecord:
         return self.closed_at is not None
 
 
+@dataclass(frozen=True)
+class RestFault:
+    """A scripted answer to the next REST request of kind ``on``, instead of serving it.
+
+    Faults are used in order; each answers one request.
+
+    Attributes:
+        status: ``detail.status`` of the body: ``too_many_concurrent_requests``
+            (wait for a slot) or ``system_busy`` (back off) for a 429, anything
+            for another status.
+        retry_after: Seconds sent as ``Retry-After`` (an integer when whole);
+            ``None`` sends no header.
+        http_status: The HTTP status (429 by default; 500, 503, 401, … work).
+        on: Which requests it may answer: ``"list"``, ``"get"`` or ``"any"``.
+
+    """
+
+    status: str = "system_busy"
+    retry_after: float | None = None
+    http_status: int = 429
+    on: Literal["any", "list", "get"] = "any"
+
+
+@dataclass
+class RestRecord:
+    """One REST request the simulator answered. Times are :func:`time.monotonic`.
+
+    Attributes:
+        index: 1 for the first REST request, 2 for the next, …
+        kind: ``"list"``, ``"get"`` or ``"other"`` (answered 404).
+        path: Path and query as sent.
+        conversation_id: For ``get``, the id asked for.
+        arrived_at: When the request was parsed.
+        in_flight: REST requests being answered when it arrived, itself included.
+        answered_at: When its answer was ready.
+        status: The HTTP status answered.
+        detail_status: ``detail.status`` of an error body (``system_busy``, …).
+        retry_after: The ``Retry-After`` header sent, if any.
+
+    """
+
+    index: int
+    kind: Literal["list", "get", "other"]
+    path: str
+    conversation_id: str | None
+    arrived_at: float
+    in_flight: int = 0
+    answered_at: float | None = None
+    status: int | None = None
+    detail_status: str | None = None
+    retry_after: str | None = None
+
+
+@dataclass
+class MonitorRecord:
+    """One handshake attempt on a monitor socket, and its connection. Times are :func:`time.monotonic`.
+
+    Attributes:
+        index: 1 for the first attempt, 2 for the next, …
+        conversation_id: The conversation in the path.
+        path: Path as sent.
+        attempted_at: When the handshake request arrived.
+        http_status: 101 when accepted, else the refusal.
+        opened_at: When the WebSocket opened.
+        closed_at: When it closed (or was refused).
+        frames_sent: Frames sent, audio included.
+        audio_sent: ``audio`` frames among them.
+        close_code: The close code sent or received.
+
+    """
+
+    index: int
+    conversation_id: str
+    path: str
+    attempted_at: float
+    http_status: int | None = None
+    opened_at: float | None = None
+    closed_at: float | None = None
+    frames_sent: int = 0
+    audio_sent: int = 0
+    close_code: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Grant:
     agent_id: str
@@ -325,6 +438,21 @@ class Simulator:
         close_timeout: Seconds to wait for the client's close frame before
             aborting TCP.
         compression: Whether to negotiate permessage-deflate (off: cheaper floods).
+        account: The conversation history served by the REST API and the
+            monitor socket; ``None`` serves neither (their paths answer 404).
+        rest_latency: Seconds every served REST request takes (after the
+            fault, limit and key checks), so concurrency shows.
+        rest_max_concurrency: Above this many REST requests in flight, answer
+            429 ``too_many_concurrent_requests``; ``None`` for no limit.
+        rest_faults: Scripted answers, see :class:`RestFault`; more can be
+            appended to :attr:`rest_faults` later (on the simulator's loop).
+        monitor_enabled: Whether monitor sockets are accepted.
+        monitor_refusal: How a disabled monitor refuses: ``"http_403"`` (the
+            handshake) or ``"close_1008"`` (accept, then close 1008).
+
+    With ``api_key`` set, REST requests and monitor handshakes need header
+    ``xi-api-key`` equal to it (else 401); without, the monitor still needs the
+    header (any value) and REST takes any key.
 
     """
 
@@ -343,6 +471,12 @@ class Simulator:
         signed_url_ttl: float = 15 * 60,
         close_timeout: float = 10.0,
         compression: bool = False,
+        account: AccountSpec | None = None,
+        rest_latency: float = 0.0,
+        rest_max_concurrency: int | None = None,
+        rest_faults: Sequence[RestFault] = (),
+        monitor_enabled: bool = True,
+        monitor_refusal: Literal["http_403", "close_1008"] = "http_403",
     ) -> None:
         self.host = host
         self.agent_ids = frozenset(agent_ids)
@@ -362,6 +496,20 @@ class Simulator:
         self._server: Server | None = None
         self._grants: dict[str, _Grant] = {}
         self._handshakes: dict[ServerConnection, tuple[ConnectionRecord, Scenario]] = {}
+        self.account = Account(account) if account is not None else None
+        self.rest_latency = rest_latency
+        self.rest_max_concurrency = rest_max_concurrency
+        self.rest_faults: list[RestFault] = list(rest_faults)
+        self.rest_requests: list[RestRecord] = []
+        self.rest_in_flight = 0
+        self.rest_max_in_flight = 0
+        self.rest_throttled = 0
+        self.monitor_enabled = monitor_enabled
+        self.monitor_refusal = monitor_refusal
+        self.monitors: list[MonitorRecord] = []
+        self._monitor_handshakes: dict[ServerConnection, MonitorRecord] = {}
+        self._live: dict[str, dict[ServerConnection, MonitorRecord]] = {}
+        self._players: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -389,6 +537,8 @@ class Simulator:
         server, self._server = self._server, None
         if server is None:
             return
+        for player in list(self._players):
+            player.cancel()
         server.close()
         await server.wait_closed()
 
@@ -452,14 +602,28 @@ class Simulator:
         position = len(self.connections)
         return self.script[position] if position < len(self.script) else self.default
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()}
-        if url.path in _SIGNED_URL_PATHS:
+        if self.account is not None and (
+            url.path == CONVERSATIONS_PATH or url.path.startswith(CONVERSATIONS_PATH + "/")
+        ):
+            tail = url.path[len(CONVERSATIONS_PATH) :].strip("/")
+            head, _, rest = tail.partition("/")
+            if head and "/" + rest == _MONITOR_SUFFIX:
+                return self._monitor_handshake(connection, request, head)
+            if not rest:
+                return await self._rest(connection, request, head or None, query)
+        return self._agent_request(connection, request, url.path, query)
+
+    def _agent_request(
+        self, connection: ServerConnection, request: Request, path: str, query: dict[str, str]
+    ) -> Response | None:
+        if path in _SIGNED_URL_PATHS:
             return self._signed_url(connection, request, query)
-        if url.path == HEALTH_PATH:
+        if path == HEALTH_PATH:
             return connection.respond(200, "ok\n")
-        if url.path.rstrip("/") != CONVERSATION_PATH:
+        if path.rstrip("/") != CONVERSATION_PATH:
             return _json_response(connection, 404, {"detail": "Not Found"})
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return None  # websockets answers 426 Upgrade Required
@@ -508,6 +672,12 @@ class Simulator:
             if response.status_code != 101:
                 record.closed_at = time.monotonic()
                 del self._handshakes[connection]
+        monitor = self._monitor_handshakes.get(connection)
+        if monitor is not None:
+            monitor.http_status = response.status_code
+            if response.status_code != 101:
+                monitor.closed_at = time.monotonic()
+                del self._monitor_handshakes[connection]
         return None
 
     def _signed_url(self, connection: ServerConnection, request: Request, query: dict[str, str]) -> Response:
@@ -533,9 +703,183 @@ class Simulator:
             connection, 200, {"signed_url": f"ws://{netloc}{CONVERSATION_PATH}?{query_string}"}
         )
 
+    # -- REST: the Conversations API ---------------------------------------------------
+
+    def _key_ok(self, request: Request, *, required: bool) -> bool:
+        key = request.headers.get("xi-api-key")
+        if self.api_key is not None:
+            return key == self.api_key
+        return key is not None or not required
+
+    def _next_fault(self, kind: str) -> RestFault | None:
+        for position, fault in enumerate(self.rest_faults):
+            if fault.on in ("any", kind):
+                del self.rest_faults[position]
+                return fault
+        return None
+
+    async def _rest(
+        self,
+        connection: ServerConnection,
+        request: Request,
+        conversation_id: str | None,
+        query: dict[str, str],
+    ) -> Response:
+        kind: Literal["list", "get", "other"] = "list" if conversation_id is None else "get"
+        self.rest_in_flight += 1
+        self.rest_max_in_flight = max(self.rest_max_in_flight, self.rest_in_flight)
+        record = RestRecord(
+            index=len(self.rest_requests) + 1,
+            kind=kind,
+            path=request.path,
+            conversation_id=conversation_id,
+            arrived_at=time.monotonic(),
+            in_flight=self.rest_in_flight,
+        )
+        self.rest_requests.append(record)
+        try:
+            response = await self._rest_answer(connection, request, record, query)
+        finally:
+            self.rest_in_flight -= 1
+        record.answered_at = time.monotonic()
+        record.status = response.status_code
+        record.retry_after = response.headers.get("Retry-After")
+        if response.status_code == 429:
+            self.rest_throttled += 1
+        return response
+
+    async def _rest_answer(
+        self, connection: ServerConnection, request: Request, record: RestRecord, query: dict[str, str]
+    ) -> Response:
+        assert self.account is not None
+        fault = self._next_fault(record.kind)
+        if fault is not None:
+            record.detail_status = fault.status
+            return _fault_response(connection, fault)
+        limit = self.rest_max_concurrency
+        if limit is not None and self.rest_in_flight > limit:
+            record.detail_status = "too_many_concurrent_requests"
+            return _json_response(
+                connection,
+                429,
+                _error_detail(
+                    "too_many_concurrent_requests",
+                    f"Too many concurrent requests: your plan allows {limit}.",
+                ),
+            )
+        if not self._key_ok(request, required=False):
+            record.detail_status = "invalid_api_key"
+            return _json_response(connection, 401, _error_detail("invalid_api_key", "Invalid API key"))
+        if self.rest_latency:
+            await asyncio.sleep(self.rest_latency)
+        if record.conversation_id is not None:
+            body = self.account.get(record.conversation_id)
+            if body is None:
+                record.detail_status = "conversation_not_found"
+                return _json_response(
+                    connection, 404, _error_detail("conversation_not_found", "Conversation not found")
+                )
+            return _bytes_response(connection, 200, body)
+        try:
+            body = self.account.list_page(
+                agent_id=query.get("agent_id") or None,
+                cursor=query.get("cursor") or None,
+                page_size=int(query.get("page_size") or 30),
+                after_unix=_int_or_none(query.get("call_start_after_unix")),
+                before_unix=_int_or_none(query.get("call_start_before_unix")),
+            )
+        except (BadQuery, ValueError) as exc:
+            return _json_response(
+                connection, 422, {"detail": [{"loc": ["query"], "msg": str(exc), "type": "value_error"}]}
+            )
+        return _bytes_response(connection, 200, body)
+
+    # -- the monitor socket --------------------------------------------------------------
+
+    def _monitor_handshake(
+        self, connection: ServerConnection, request: Request, conversation_id: str
+    ) -> Response | None:
+        assert self.account is not None
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None  # websockets answers 426 Upgrade Required
+        record = MonitorRecord(
+            index=len(self.monitors) + 1,
+            conversation_id=conversation_id,
+            path=request.path,
+            attempted_at=time.monotonic(),
+        )
+        self.monitors.append(record)
+        self._monitor_handshakes[connection] = record
+        if not self._key_ok(request, required=True):
+            return _json_response(connection, 401, _error_detail("invalid_api_key", "Invalid API key"))
+        if not self.monitor_enabled and self.monitor_refusal == "http_403":
+            return _json_response(
+                connection,
+                403,
+                _error_detail(
+                    "monitoring_not_enabled",
+                    "Real-time monitoring is not enabled for this agent or workspace",
+                ),
+            )
+        if self.monitor_enabled and not self.account.is_live(conversation_id):
+            return _json_response(
+                connection, 404, _error_detail("conversation_not_active", "The conversation is not active")
+            )
+        return None
+
+    async def _monitor_session(self, ws: ServerConnection, record: MonitorRecord) -> None:
+        record.opened_at = time.monotonic()
+        conversation_id = record.conversation_id
+        try:
+            if not self.monitor_enabled:
+                await ws.close(1008, "Real-time monitoring is not enabled for this agent")
+                return
+            subscribers = self._live.setdefault(conversation_id, {})
+            subscribers[ws] = record
+            if len(subscribers) == 1:
+                assert self.account is not None
+                entries = self.account.start_live(conversation_id)
+                if entries:
+                    player = asyncio.create_task(self._play(conversation_id, entries))
+                    self._players.add(player)
+                    player.add_done_callback(self._players.discard)
+            await ws.wait_closed()
+        finally:
+            self._live.get(conversation_id, {}).pop(ws, None)
+            await ws.close()
+            await ws.wait_closed()
+            record.closed_at = time.monotonic()
+            if record.close_code is None:
+                frame = ws.protocol.close_sent or ws.protocol.close_rcvd
+                record.close_code = frame.code if frame is not None else 1006
+
+    async def _play(self, conversation_id: str, entries: list[dict[str, Any]]) -> None:
+        """Play a live conversation to its monitors, then end it (close 1000)."""
+        assert self.account is not None
+        gap = self.account.spec.live_turn_gap
+        for entry in entries:
+            await asyncio.sleep(gap)
+            self.account.played(conversation_id)
+            for frame in _monitor_frames(entry):
+                audio = frame.startswith('{"type":"audio"')
+                for ws, record in list(self._live.get(conversation_id, {}).items()):
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(frame)
+                        record.frames_sent += 1
+                        record.audio_sent += audio
+        self.account.finish_live(conversation_id)
+        subscribers = self._live.pop(conversation_id, {})
+        for record in subscribers.values():
+            record.close_code = 1000
+        await asyncio.gather(*(ws.close(1000) for ws in subscribers), return_exceptions=True)
+
     # -- WebSocket -------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
+        monitor = self._monitor_handshakes.pop(connection, None)
+        if monitor is not None:
+            await self._monitor_session(connection, monitor)
+            return
         entry = self._handshakes.pop(connection, None)
         # Cannot happen: every accepted handshake went through _process_request.
         if entry is None or not isinstance(connection, _Connection):
@@ -580,6 +924,59 @@ def _json_response(connection: ServerConnection, status: int, body: Any) -> Resp
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
     return response
+
+
+def _bytes_response(connection: ServerConnection, status: int, body: bytes) -> Response:
+    response = connection.respond(status, "")
+    response.body = body
+    # websockets' Headers is a multidict: assigning adds a second header.
+    del response.headers["Content-Length"]
+    response.headers["Content-Length"] = str(len(body))
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _fault_response(connection: ServerConnection, fault: RestFault) -> Response:
+    message = {
+        "too_many_concurrent_requests": "Too many concurrent requests.",
+        "system_busy": "The system is experiencing heavy traffic, please try again later.",
+    }.get(fault.status, f"simulated HTTP {fault.http_status}")
+    response = _json_response(connection, fault.http_status, _error_detail(fault.status, message))
+    if fault.retry_after is not None:
+        seconds = fault.retry_after
+        response.headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
+    return response
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def _monitor_frames(entry: dict[str, Any]) -> list[str]:
+    """The agent-socket events a monitor sees for one transcript entry."""
+    event_id = entry.get("source_event_id")
+    text = entry["message"]
+    if entry["role"] == "user":
+        return [
+            orjson.dumps(
+                {
+                    "type": "user_transcript",
+                    "user_transcription_event": {"user_transcript": text, "event_id": event_id},
+                }
+            ).decode()
+        ]
+    frames = [
+        orjson.dumps(
+            {"type": "agent_response", "agent_response_event": {"agent_response": text, "event_id": event_id}}
+        ).decode()
+    ]
+    frames += [
+        orjson.dumps(
+            {"type": "audio", "audio_event": {"audio_base_64": _AUDIO_B64[:64], "event_id": event_id}}
+        ).decode()
+    ] * 2
+    return frames
 
 
 def _parse(data: str | bytes) -> dict[str, Any] | None:
@@ -1158,6 +1555,9 @@ async def run_simulator(
     default: Scenario | None = None,
     ping_interval: float | None = 1.0,
     pong_deadline: float = 5.0,
+    account: AccountSpec | None = None,
+    rest_latency: float = 0.0,
+    monitor_enabled: bool = True,
     on_ready: Callable[[Simulator], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -1179,6 +1579,9 @@ async def run_simulator(
         default=default,
         ping_interval=ping_interval,
         pong_deadline=pong_deadline,
+        account=account,
+        rest_latency=rest_latency,
+        monitor_enabled=monitor_enabled,
     )
     async with sim:
         if on_ready is not None:

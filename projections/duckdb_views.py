@@ -35,12 +35,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from ingest.errors import ProjectionError, QueryError
 from ingest.log import events_dir
@@ -85,16 +86,23 @@ _ENVELOPE_TYPES = {
     "raw_b64": "VARCHAR",
 }
 
-# What the user_texts rule reads from each line; received_at stays text so the
-# timestamp column is the logged string, as in SQLite.
-_RULE_TYPES = {
+# What the user_texts rule reads from each line, parsed once per line. The
+# frame's fields stay JSON so that their JSON type can be checked, as the
+# Python rule checks isinstance; received_at stays text so the timestamp
+# column is the logged string, as in SQLite.
+_RULE_STRUCTURE: dict[str, object] = {
     "seq": "BIGINT",
     "received_at": "VARCHAR",
     "source": "VARCHAR",
     "direction": "VARCHAR",
     "connection_id": "VARCHAR",
     "conversation_id": "VARCHAR",
-    "event": "JSON",
+    "event": {
+        "type": "JSON",
+        "user_id": "JSON",
+        "text": "JSON",
+        "user_transcription_event": {"user_transcript": "JSON", "event_id": "JSON"},
+    },
 }
 
 _EVENT_KEY = ',"event":'
@@ -119,23 +127,24 @@ def _chars(text: str) -> str:
     return " || ".join(f"chr({ord(c)})" for c in text)
 
 
-def _json_literal(types: dict[str, str]) -> str:
-    return _literal("{" + ",".join(f'"{name}":"{kind}"' for name, kind in types.items()) + "}")
+def _structure_literal(structure: Mapping[str, object]) -> str:
+    return _literal(orjson.dumps(structure).decode())
 
 
-def view_statements(segments: str) -> list[str]:
+def view_statements(segments: str, placeholder: str) -> list[str]:
     """Return the ``CREATE OR REPLACE VIEW`` statements for segments in folder ``segments``.
 
     Args:
         segments: The events folder as DuckDB should see it: relative to a
             ``file_search_path`` entry, or absolute. Forward slashes.
+        placeholder: An empty file, read along with the segments: with no
+            segment at all DuckDB would otherwise not know the columns.
 
     """
-    glob = _literal(f"{segments.rstrip('/')}/{_SEGMENT_GLOB}")
+    pattern = segments.rstrip("/") + "/" + _SEGMENT_GLOB
+    glob = f"[{_literal(pattern)}, {_literal(placeholder)}]"
     name_filter = f"regexp_matches(filename, {_literal(_SEGMENT_NAME)})"
     whitespace = _chars(WHITESPACE)
-    transcript = "'$.user_transcription_event.user_transcript'"
-    event_id = "'$.user_transcription_event.event_id'"
     events = f"""CREATE OR REPLACE VIEW events AS
 SELECT seq, received_at, source, direction, agent_id, connection_id, conversation_id,
        event->>'type' AS type, event, raw, raw_b64, crc32, filename AS segment
@@ -143,54 +152,62 @@ FROM read_json({glob}, format = 'newline_delimited', columns = {_struct(_ENVELOP
                ignore_errors = true, allow_empty = true, filename = true)
 WHERE {name_filter} AND seq IS NOT NULL"""
     user_texts = f"""CREATE OR REPLACE VIEW user_texts AS
-WITH lines AS (
+WITH candidates AS (
+    -- The lines whose frame type the rule looks at (about a quarter of a log);
+    -- list_contains, not IN: IN would extract the type once per value.
     SELECT json AS line
     FROM read_json_objects({glob}, format = 'newline_delimited',
                            ignore_errors = true, allow_empty = true, filename = true)
     WHERE {name_filter} AND json IS NOT NULL
-), envelopes AS (
-    SELECT line, json_transform(line, {_json_literal(_RULE_TYPES)}) AS e FROM lines
+      AND list_contains(
+          ['{INIT_TYPE}', '{Kind.USER_TRANSCRIPT}', '{Kind.USER_MESSAGE}'], json_extract_string(json, '$.event.type'))
+), parsed AS MATERIALIZED (
+    -- Materialized so that each candidate is parsed once: DuckDB would otherwise
+    -- repeat json_transform for every field read from it.
+    SELECT line, json_transform(line, {_structure_literal(_RULE_STRUCTURE)}) AS j
+    FROM candidates
 ), frames AS (
-    SELECT e.seq AS seq, e.received_at AS received_at, e.source AS source, e.direction AS direction,
-           e.connection_id AS connection_id, e.conversation_id AS conversation_id, e.event AS event,
-           CASE WHEN json_type(e.event, '$.type') = 'VARCHAR' THEN e.event->>'$.type' END AS type,
-           line
-    FROM envelopes
-    WHERE e.seq IS NOT NULL AND json_type(e.event) = 'OBJECT'
-), inits AS (
-    SELECT connection_id, seq, event->>'$.user_id' AS user_id
-    FROM frames
-    WHERE type = '{INIT_TYPE}' AND direction = 'out' AND connection_id IS NOT NULL
-      AND json_type(event, '$.user_id') = 'VARCHAR' AND event->>'$.user_id' <> ''
-), turns AS (
+    SELECT j.seq AS seq, j.received_at AS received_at, j.source AS source, j.direction AS direction,
+           j.connection_id AS connection_id, j.conversation_id AS conversation_id, line,
+           CASE WHEN json_type(j.event.type) = 'VARCHAR' THEN j.event.type->>'$' END AS type,
+           CASE WHEN json_type(j.event.user_id) = 'VARCHAR' AND j.event.user_id->>'$' <> ''
+                THEN j.event.user_id->>'$' END AS frame_user_id,
+           j.event.text AS message_text,
+           j.event.user_transcription_event.user_transcript AS transcript_text,
+           j.event.user_transcription_event.event_id AS event_id
+    FROM parsed
+    WHERE j.seq IS NOT NULL
+), users AS (
+    -- The user_id of the latest init frame sent on the same connection before each line.
     SELECT *,
+           last_value(CASE WHEN type = '{INIT_TYPE}' AND direction = 'out' AND connection_id IS NOT NULL
+                           THEN frame_user_id END IGNORE NULLS)
+               OVER (PARTITION BY connection_id ORDER BY seq
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS init_user_id
+    FROM frames
+), turns AS (
+    SELECT seq, received_at, source, conversation_id, line, type,
+           coalesce(init_user_id, frame_user_id, '{DEFAULT_USER_ID}') AS user_id,
            CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
-                THEN CASE WHEN json_type(event, {transcript}) = 'VARCHAR' THEN event->>{transcript} END
-                ELSE CASE WHEN json_type(event, '$.text') = 'VARCHAR' THEN event->>'$.text' END
+                THEN CASE WHEN json_type(transcript_text) = 'VARCHAR' THEN transcript_text->>'$' END
+                ELSE CASE WHEN json_type(message_text) = 'VARCHAR' THEN message_text->>'$' END
            END AS text,
            CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
-                 AND json_type(event, {event_id}) IN ('BIGINT', 'UBIGINT', 'VARCHAR')
-                THEN event->{event_id} END AS event_id
-    FROM frames
+                 AND json_type(event_id) IN ('BIGINT', 'UBIGINT', 'VARCHAR') THEN event_id END AS event_id
+    FROM users
     WHERE (type = '{Kind.USER_TRANSCRIPT}' AND direction = 'in')
        OR (type = '{Kind.USER_MESSAGE}' AND direction = 'out')
 ), keyed AS (
-    SELECT t.*,
-           CASE WHEN t.type = '{Kind.USER_TRANSCRIPT}' AND t.conversation_id IS NOT NULL
-                 AND t.event_id IS NOT NULL
+    SELECT *,
+           CASE WHEN type = '{Kind.USER_TRANSCRIPT}' AND conversation_id IS NOT NULL AND event_id IS NOT NULL
                 THEN 'user_transcript:sha256:' || sha256(
-                    strlen(t.conversation_id)::VARCHAR || ':' || t.conversation_id
-                    || strlen(t.event_id->>'$')::VARCHAR || ':' || (t.event_id->>'$') || t.text)
-                ELSE t.type || ':seq:' || t.seq::VARCHAR
-           END AS dedup_key,
-           coalesce(
-               i.user_id,
-               CASE WHEN json_type(t.event, '$.user_id') = 'VARCHAR' AND t.event->>'$.user_id' <> ''
-                    THEN t.event->>'$.user_id' END,
-               '{DEFAULT_USER_ID}') AS user_id
-    FROM turns t ASOF LEFT JOIN inits i ON t.connection_id = i.connection_id AND t.seq > i.seq
-    WHERE t.text IS NOT NULL AND trim(t.text, {whitespace}) <> ''
-    QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY t.seq) = 1
+                    strlen(conversation_id)::VARCHAR || ':' || conversation_id
+                    || strlen(event_id->>'$')::VARCHAR || ':' || (event_id->>'$') || text)
+                ELSE type || ':seq:' || seq::VARCHAR
+           END AS dedup_key
+    FROM turns
+    WHERE text IS NOT NULL AND trim(text, {whitespace}) <> ''
+    QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY seq) = 1
 )
 SELECT row_number() OVER (ORDER BY seq) AS id,
        dedup_key,
@@ -279,6 +296,10 @@ FROM per_day p FULL OUTER JOIN turns t ON p.day = t.day"""
     return [events, user_texts, conversations, daily]
 
 
+def _placeholder_path(duckdb_path: Path) -> Path:
+    return duckdb_path.with_name(duckdb_path.name + ".no-segments.jsonl")
+
+
 def _segments_path(data_dir: Path, base: Path) -> tuple[str, bool]:
     """Return the events folder relative to ``base`` when possible, and whether it is relative."""
     folder = events_dir(data_dir).resolve()
@@ -310,6 +331,8 @@ def _configure(conn: duckdb.DuckDBPyConnection, base: Path, relative: bool) -> N
     if relative:
         conn.execute(f"SET file_search_path = {_literal(str(base))}")
     conn.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws its progress bar on stdout, which would corrupt csv and json output.
+    conn.execute("SET enable_progress_bar = false")
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -339,11 +362,15 @@ def open_analytics(
     duckdb_path = duckdb_path or default_duckdb_path(data_dir)
     base = duckdb_path.parent.resolve()
     segments, relative = _segments_path(data_dir, base)
-    statements = view_statements(segments)
+    placeholder = _placeholder_path(duckdb_path.resolve())
+    statements = view_statements(segments, placeholder.name if relative else placeholder.as_posix())
     fingerprint = _fingerprint(statements)
     deadline = time.monotonic() + timeout
     while True:
         try:
+            if not placeholder.exists():
+                placeholder.parent.mkdir(parents=True, exist_ok=True)
+                placeholder.touch()
             if duckdb_path.exists():
                 conn = duckdb.connect(str(duckdb_path), read_only=True)
                 try:

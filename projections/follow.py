@@ -24,7 +24,7 @@ from pathlib import Path
 from ingest.errors import CaptureError, ProjectionError
 from ingest.log import events_dir
 
-from .log_tail import LogTail
+from .log_scan import LogTail
 from .sqlite_store import UserTextStore
 from .user_texts import fold
 
@@ -68,10 +68,10 @@ def follow(
         while True:
             stopping = should_stop()
             read = tail.read(batch_lines)
-            if read.lines or read.invalid:
+            if read.items or read.invalid:
                 from_seq = store.last_seq
                 state = store.state.copy()
-                result = fold(state, read.lines)
+                result = fold(state, read.items)
                 try:
                     inserted = store.apply(result, from_seq, read.invalid)
                 except ProjectionError as exc:
@@ -91,7 +91,7 @@ def follow(
                     tail.seek(store.last_seq)
                 else:
                     store.state = state
-                if len(read.lines) >= batch_lines:
+                if len(read.items) >= batch_lines:
                     continue  # more is waiting: no pause
             elif stopping:
                 return

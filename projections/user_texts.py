@@ -39,7 +39,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -50,6 +50,7 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_USER_ID",
     "INIT_TYPE",
+    "RULE_TYPES",
     "WHITESPACE",
     "FoldResult",
     "FoldState",
@@ -86,6 +87,10 @@ class Kind(enum.StrEnum):
     USER_MESSAGE = "user_message"  # typed text, sent by this client
 
 
+#: The frame types the rule reads; a line of any other type gives no row and changes no state.
+RULE_TYPES = frozenset({INIT_TYPE, Kind.USER_TRANSCRIPT.value, Kind.USER_MESSAGE.value})
+
+
 class SkipReason(enum.StrEnum):
     """Why a line that could have been a row is not one."""
 
@@ -111,9 +116,8 @@ class Gap:
         return f"seq {self.after_seq + 1}..{self.next_seq - 1} missing"
 
 
-@dataclass(frozen=True, slots=True)
-class UserTextRow:
-    """One user turn, shaped as a table row (see :data:`COLUMNS`).
+class UserTextRow(NamedTuple):
+    """One user turn, shaped as a table row: its values in :data:`COLUMNS` order.
 
     Attributes:
         dedup_key: Unique per user turn, see the module docstring.
@@ -138,20 +142,6 @@ class UserTextRow:
     metadata: str
     sources: str
     seq: int
-
-    def as_tuple(self) -> tuple[str, str, str | None, str, str, str, str, str, int]:
-        """Return the values in :data:`COLUMNS` order."""
-        return (
-            self.dedup_key,
-            self.kind,
-            self.session_id,
-            self.user_id,
-            self.text,
-            self.timestamp,
-            self.metadata,
-            self.sources,
-            self.seq,
-        )
 
 
 @dataclass
@@ -228,21 +218,15 @@ def _event_id(value: Any) -> int | str | None:
     return value if isinstance(value, int | str) else None
 
 
-def _metadata(line: LogLine, source: str | None, event_id: int | str | None) -> str:
-    # Spliced by hand so that raw_event keeps the frame's bytes exactly.
-    return b"".join(
-        (
-            b'{"raw_event":',
-            line.frame,
-            b',"seq":',
-            str(line.seq).encode(),
-            b',"source":',
-            orjson.dumps(source),
-            b',"event_id":',
-            orjson.dumps(event_id),
-            b"}",
-        )
-    ).decode("utf-8")
+_JSON_CACHE: dict[str | None, tuple[bytes, str]] = {}
+
+
+def _source_json(source: str | None) -> tuple[bytes, str]:
+    """Return ``source`` as JSON and the ``sources`` array text; a log has few sources."""
+    cached = _JSON_CACHE.get(source)
+    if cached is None:
+        cached = _JSON_CACHE[source] = (orjson.dumps(source), orjson.dumps([source]).decode())
+    return cached
 
 
 def _turn(
@@ -254,57 +238,81 @@ def _turn(
         inner = event.get("user_transcription_event")
         if not isinstance(inner, dict):
             return SkipReason.NO_TEXT
-        text = _string(inner.get("user_transcript"))
+        text = inner.get("user_transcript")
         event_id = _event_id(inner.get("event_id"))
     else:
-        text = _string(event.get("text"))
-    if text is None:
+        text = event.get("text")
+    if not isinstance(text, str):
         return SkipReason.NO_TEXT
-    if is_blank(text):
+    if not text.strip(WHITESPACE):
         return SkipReason.EMPTY_TEXT
     conversation_id = _string(envelope.get("conversation_id"))
-    connection_id = _string(envelope.get("connection_id"))
-    source = _string(envelope.get("source"))
+    connection_id = envelope.get("connection_id")
+    source_json, sources = _source_json(_string(envelope.get("source")))
     if kind == Kind.USER_TRANSCRIPT and conversation_id is not None and event_id is not None:
         key = transcript_key(conversation_id, str(event_id), text)
     else:
         key = message_key(kind, line.seq)
     user_id = (
-        (user_ids.get(connection_id) if connection_id is not None else None)
+        (user_ids.get(connection_id) if isinstance(connection_id, str) else None)
         or _string(event.get("user_id"))
         or DEFAULT_USER_ID
     )
+    # Spliced by hand so that raw_event keeps the frame's bytes exactly.
+    metadata = b'{"raw_event":%b,"seq":%d,"source":%b,"event_id":%b}' % (
+        line.frame,
+        line.seq,
+        source_json,
+        orjson.dumps(event_id),
+    )
     return UserTextRow(
-        dedup_key=key,
-        kind=kind,
-        session_id=conversation_id,
-        user_id=user_id,
-        text=text,
-        timestamp=str(envelope.get("received_at")),
-        metadata=_metadata(line, source, event_id),
-        sources=orjson.dumps([source]).decode(),
-        seq=line.seq,
+        key,
+        kind,
+        conversation_id,
+        user_id,
+        text,
+        str(envelope.get("received_at")),
+        metadata.decode("utf-8"),
+        sources,
+        line.seq,
     )
 
 
-def fold(state: FoldState, lines: Iterable[LogLine]) -> FoldResult:
+def fold(state: FoldState, lines: Iterable[LogLine | range]) -> FoldResult:
     """Apply ``lines`` (in log order) to ``state`` and return the rows they give.
 
-    ``state`` is advanced in place; keep a :meth:`FoldState.copy` if the
-    result may not be stored. Folding a log in one call or in any number of
-    batches gives the same rows.
+    Consecutive lines whose frame type the caller knows is not one of
+    :data:`RULE_TYPES` may be given as the ``range`` of their seqs: they give
+    no row but move the position and show gaps. ``state`` is advanced in
+    place; keep a :meth:`FoldState.copy` if the result may not be stored.
+    Folding a log in one call or in any number of batches gives the same rows.
     """
     result = FoldResult(last_seq=state.last_seq)
     user_ids = state.user_ids
+    rows = result.rows
+    last_seq = state.last_seq
+    applied = 0
     for line in lines:
+        if isinstance(line, range):
+            first, stop = line.start, line.stop
+            if first <= last_seq:
+                duplicates = min(stop, last_seq + 1) - first
+                result.skipped[SkipReason.DUPLICATE_LINE] += duplicates
+                first += duplicates
+            elif first != last_seq + 1:
+                result.gaps.append(Gap(last_seq, first))
+            if first < stop:
+                applied += stop - first
+                last_seq = stop - 1
+            continue
         seq = line.seq
-        if seq <= state.last_seq:
+        if seq <= last_seq:
             result.skipped[SkipReason.DUPLICATE_LINE] += 1
             continue
-        if seq != state.last_seq + 1:
-            result.gaps.append(Gap(state.last_seq, seq))
-        state.last_seq = seq
-        result.lines += 1
+        if seq != last_seq + 1:
+            result.gaps.append(Gap(last_seq, seq))
+        last_seq = seq
+        applied += 1
         event = line.event
         if event is None:
             continue
@@ -324,6 +332,7 @@ def fold(state: FoldState, lines: Iterable[LogLine]) -> FoldResult:
             if isinstance(outcome, SkipReason):
                 result.skipped[outcome] += 1
             else:
-                result.rows.append(outcome)
-    result.last_seq = state.last_seq
+                rows.append(outcome)
+    state.last_seq = result.last_seq = last_seq
+    result.lines = applied
     return result

@@ -32,6 +32,7 @@ from projections.user_texts import FoldState, Gap, fold
 from tests.conftest import TIMEOUT_FACTOR
 from tests.user_text_cases import (
     STEP,
+    Step,
     build_log,
     encode,
     init,
@@ -262,10 +263,10 @@ def test_tables_capture_did_not_make_are_never_replaced(tmp_path: Path) -> None:
         project(data_dir, tmp_path / "junk.db")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(STEP, max_size=40), batch=st.integers(1, 7))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEP, min_size=20, max_size=100), batch=st.integers(1, 7))
 def test_any_log_projected_in_any_batch_size_equals_the_model(
-    tmp_path: Path, steps: list, batch: int
+    tmp_path: Path, steps: list[Step], batch: int
 ) -> None:
     raw = build_log(steps)
     case = tmp_path / os.urandom(6).hex()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TypeVar
 
 import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from ingest.envelope import LogLine, decode_line
+from projections.log_scan import classify_lines
 from projections.user_texts import (
     DEFAULT_USER_ID,
     FoldState,
@@ -23,6 +25,7 @@ from projections.user_texts import (
 )
 from tests.user_text_cases import (
     STEP,
+    Step,
     build_log,
     init,
     line,
@@ -32,6 +35,9 @@ from tests.user_text_cases import (
     stamp,
     transcript,
 )
+
+
+T = TypeVar("T")
 
 
 def table(rows: Sequence[UserTextRow]) -> list[UserTextRow]:
@@ -209,22 +215,48 @@ def test_duplicated_lines_are_skipped_and_gaps_reported() -> None:
     assert state.last_seq == 5 and again.last_seq == 5
 
 
-def _split(items: list[LogLine], cuts: list[int]) -> list[list[LogLine]]:
+def test_runs_of_lines_the_rule_does_not_read_fold_like_single_lines() -> None:
+    """A range stands for consecutive seqs: it moves the position, shows gaps and duplicates."""
+    state = FoldState()
+    assert fold(state, [range(1, 5)]).lines == 4 and state.last_seq == 4
+    overlap = fold(state, [range(3, 8)])
+    assert (overlap.lines, overlap.skipped, overlap.gaps) == (3, {SkipReason.DUPLICATE_LINE: 2}, [])
+    assert fold(state, [range(2, 4)]).skipped == {SkipReason.DUPLICATE_LINE: 2}
+    jump = fold(state, [range(10, 12), line(12, message("hi"), direction="out")])
+    assert jump.gaps == [Gap(7, 10)] and [r.seq for r in jump.rows] == [12] and state.last_seq == 12
+
+
+def _split(items: Sequence[T], cuts: list[int]) -> list[Sequence[T]]:
     bounds = sorted({min(c, len(items)) for c in cuts} | {0, len(items)})
     return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps=st.lists(STEP, max_size=60), cuts=st.lists(st.integers(0, 70), max_size=8))
-def test_any_frames_in_any_batches_equal_the_reference_model(steps: list, cuts: list[int]) -> None:
-    """Property: folding in any batch sizes (carrying the state) gives the model's rows."""
+@given(
+    steps=st.lists(STEP, min_size=5, max_size=80),
+    cuts=st.lists(st.integers(0, 90), max_size=8),
+    classified=st.booleans(),
+)
+def test_any_frames_in_any_batches_equal_the_reference_model(
+    steps: list[Step], cuts: list[int], classified: bool
+) -> None:
+    """Property: folding in any batch sizes (carrying the state) gives the model's rows.
+
+    The lines go in either fully decoded, or as the log scanner hands them on
+    (ranges of seqs for the lines the rule does not read).
+    """
     raw = build_log(steps)
-    lines = [decode_line(r) for r in raw]
+    items: Sequence[LogLine | range]
+    if classified:
+        items, invalid = classify_lines(raw)
+        assert invalid == []
+    else:
+        items = [decode_line(r) for r in raw]
     state = FoldState()
     rows: list[UserTextRow] = []
     skipped: Counter[str] = Counter()
     gaps: list[Gap] = []
-    for batch in _split(lines, cuts):
+    for batch in _split(items, cuts):
         result = fold(state, batch)
         rows.extend(result.rows)
         skipped.update(result.skipped)
@@ -234,6 +266,6 @@ def test_any_frames_in_any_batches_equal_the_reference_model(steps: list, cuts: 
     assert [(r.kind, r.session_id, r.user_id, r.text, r.timestamp, r.seq) for r in kept] == model.rows
     assert {str(k): v for k, v in skipped.items()} == model.skipped
     assert [(g.after_seq, g.next_seq) for g in gaps] == model.gaps
-    # Resuming from a copy of the state mid-way gives the same as one pass.
-    one_pass = table(fold(FoldState(), lines).rows)
-    assert kept == one_pass
+    assert state.last_seq == max((orjson.loads(r)["seq"] for r in raw), default=0)
+    # One pass from a fresh state gives the same table.
+    assert table(fold(FoldState(), items).rows) == kept

@@ -1,0 +1,409 @@
+"""Benchmark of the projections: rebuild throughput and memory, live lag, views vs a direct scan.
+
+Run from the repository root::
+
+    python bench/projections_bench.py            # 2 M lines, 20 s of live lag
+    python bench/projections_bench.py --lines 5000000 --lag-seconds 30
+
+It prints one table:
+
+* rebuild: lines/s of ``capture rebuild`` next to an orjson parse-only pass
+  over the same segments (the ceiling), and the ratio (target >= 0.5x);
+* peak memory (RSS) of the rebuild process next to the log's size, and RSS at
+  each quarter of the rebuild (flat means streaming);
+* live projection lag at a steady rate (default 1k frames/s): time from the
+  append to the row being visible in SQLite, p50/p99/max (target p99 <= 100 ms);
+* a ``capture sql`` aggregate over the ``events`` view next to the same
+  aggregate written directly with ``read_json`` (target >= 0.9x).
+
+Each measured pass runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingest.envelope import Origin  # noqa: E402
+from ingest.frames import Frame, inspect_frame  # noqa: E402
+from ingest.log import FsyncPolicy, LogWriter, events_dir  # noqa: E402
+
+
+console = Console()
+
+TURNS_PER_CONVERSATION = 8
+
+
+def _frames(turn: int, mix: str) -> list[tuple[str, Frame]]:
+    """The frames of one turn: (direction, frame), the user's text and the agent's reply among the rest.
+
+    ``typical``: what a session logs per turn (audio is never logged): a ping,
+    tentative transcripts while the user speaks, the final transcript, the
+    agent's streamed text parts and its response; a typed message every other
+    turn. About 9% of lines are user turns. ``dense``: the same without the
+    tentative transcripts and streamed parts, about 27% user turns (a worst case).
+    """
+    said = f"I would like to change my plan, question number {turn}, por favor, obrigado"
+    reply = f"Of course. Let me look at your account for turn {turn}, it will only take a moment."
+    frames = [("in", f'{{"type":"ping","ping_event":{{"event_id":{turn},"ping_ms":48}}}}')]
+    if mix == "typical":
+        words = said.split()
+        for n in range(1, 7):
+            frames.append(
+                ("in", '{"type":"tentative_user_transcript","tentative_user_transcription_event":'
+                       f'{{"user_transcript":"{" ".join(words[: n * 2])}","event_id":{turn}}}}}')
+            )  # fmt: skip
+    else:
+        frames.append(("in", '{"type":"vad_score","vad_score_event":{"vad_score":0.93}}'))
+    frames.append(
+        ("in", '{"type":"user_transcript","user_transcription_event":'
+               f'{{"user_transcript":"{said}","event_id":{turn}}}}}')
+    )  # fmt: skip
+    if mix == "typical":
+        parts = ["", *reply.split(" ")[:6], ""]
+        for n, part in enumerate(parts):
+            kind = "start" if n == 0 else "stop" if n == len(parts) - 1 else "delta"
+            frames.append(
+                ("in", '{"type":"agent_chat_response_part","text_response_part":'
+                       f'{{"text":"{part} ","type":"{kind}","event_id":{turn}}}}}')
+            )  # fmt: skip
+    frames.append(
+        (
+            "in",
+            f'{{"type":"agent_response","agent_response_event":{{"agent_response":"{reply}","event_id":{turn}}}}}',
+        )
+    )
+    if turn % 2:
+        frames.append(
+            ("out", orjson.dumps({"type": "user_message", "text": f"typed answer {turn}"}).decode())
+        )
+    return [(direction, inspect_frame(text)) for direction, text in frames]
+
+
+TURN_FRAMES = {
+    mix: [_frames(turn, mix) for turn in range(TURNS_PER_CONVERSATION)] for mix in ("typical", "dense")
+}
+INIT = inspect_frame('{"type":"conversation_initiation_client_data","user_id":"user-42"}')
+
+
+def _metadata(conversation_id: str) -> Frame:
+    return inspect_frame(
+        '{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":'
+        f'{{"conversation_id":"{conversation_id}","agent_output_audio_format":"pcm_16000"}}}}'
+    )
+
+
+def conversation_lines(n: int, mix: str = "typical") -> list[tuple[Origin, Frame]]:
+    """The lines of conversation ``n``, in order."""
+    connection = f"c{n:012x}"
+    conversation = f"conv_{n:012x}"
+    lines = [
+        (Origin("agent_ws", "out", "agent_bench", connection, None), INIT),
+        (Origin("agent_ws", "in", "agent_bench", connection, None), _metadata(conversation)),
+    ]
+    got = Origin("agent_ws", "in", "agent_bench", connection, conversation)
+    sent = Origin("agent_ws", "out", "agent_bench", connection, conversation)
+    for turn in TURN_FRAMES[mix]:
+        lines.extend((got if direction == "in" else sent, frame) for direction, frame in turn)
+    return lines
+
+
+def generate(data_dir: Path, lines: int, mix: str = "typical") -> int:
+    """Append about ``lines`` lines with a LogWriter; return the number written."""
+    written = 0
+    with LogWriter.open(data_dir, fsync=FsyncPolicy.NEVER) as writer:
+        n = 0
+        while written < lines:
+            for origin, frame in conversation_lines(n, mix):
+                writer.append(origin, frame)
+            written = writer.next_seq - 1
+            n += 1
+    return written
+
+
+def _child(code: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench child failed:\n{done.stderr}")
+    last = done.stdout.strip().splitlines()[-1]
+    try:
+        return orjson.loads(last)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:
+        raise SystemExit(f"bench child printed {done.stdout[-2000:]!r}") from None
+
+
+_RSS = """
+import resource, os
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+
+def parse_ceiling(data_dir: Path) -> dict[str, Any]:
+    code = f"""{_RSS}
+import orjson, time, json
+from pathlib import Path
+from ingest.reader import open_segment
+from ingest.segments import list_segments
+started = time.perf_counter()
+n = 0
+for path in list_segments(Path({str(events_dir(data_dir))!r})):
+    with open_segment(path) as f:
+        for raw in f:
+            orjson.loads(raw)
+            n += 1
+elapsed = time.perf_counter() - started
+print(json.dumps({{"lines": n, "elapsed": elapsed, "peak_mb": peak_mb()}}))
+"""
+    return _child(code)
+
+
+def rebuild_run(data_dir: Path, db: Path, total: int) -> dict[str, Any]:
+    code = f"""{_RSS}
+import json
+from pathlib import Path
+from projections.sqlite_store import rebuild
+marks = {{}}
+def progress(seq):
+    quarter = min(4, 4 * seq // {total})
+    marks.setdefault(quarter, rss_mb())
+report = rebuild(Path({str(data_dir)!r}), Path({str(db)!r}), progress=progress)
+print(json.dumps({{"lines": report.lines_read, "rows": report.rows_written, "elapsed": report.elapsed,
+                  "peak_mb": peak_mb(), "quarters": [marks.get(q) for q in (1, 2, 3, 4)],
+                  "skipped": dict(report.skipped)}}))
+"""
+    return _child(code)
+
+
+def views_vs_direct(data_dir: Path, repeats: int) -> dict[str, Any]:
+    folder = events_dir(data_dir).resolve().as_posix()
+    code = f"""
+import json, time
+from pathlib import Path
+from projections.duckdb_views import open_analytics, run_query
+AGG = "SELECT type, count(*) AS n, count(DISTINCT conversation_id) AS conversations, min(received_at) AS first, max(received_at) AS last FROM {{src}} GROUP BY type ORDER BY n DESC, type"
+direct_src = "(SELECT event->>'type' AS type, conversation_id, received_at FROM read_json('{folder}/*.jsonl', format = 'newline_delimited', columns = {{'received_at': 'TIMESTAMPTZ', 'conversation_id': 'VARCHAR', 'event': 'JSON'}}))"
+conn = open_analytics(Path({str(data_dir)!r}))
+def timed(sql):
+    best = None
+    for _ in range({repeats}):
+        started = time.perf_counter()
+        rows = list(run_query(conn, sql).rows)
+        elapsed = time.perf_counter() - started
+        best = elapsed if best is None else min(best, elapsed)
+    return best, rows
+view_time, view_rows = timed(AGG.format(src="events"))
+direct_time, direct_rows = timed(AGG.format(src=direct_src))
+assert view_rows == direct_rows, (view_rows, direct_rows)
+ut_time, ut_rows = timed("SELECT count(*) FROM user_texts")
+print(json.dumps({{"view": view_time, "direct": direct_time, "user_texts_view": ut_time, "user_texts_rows": ut_rows[0][0]}}))
+"""
+    return _child(code)
+
+
+def live_lag(work: Path, seconds: float, rate: float) -> dict[str, Any]:
+    """Append at ``rate`` lines/s for ``seconds``; measure append -> row visible in SQLite."""
+    from projections.live import start_live_projection
+
+    data_dir = work / "live"
+    db = data_dir / "whatsapp_storage.db"
+    writer = LogWriter.open(data_dir, fsync=FsyncPolicy.INTERVAL)
+    live = start_live_projection(data_dir, db)
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        conn = sqlite3.connect(db, timeout=5)
+        last = 0
+        while True:
+            finished = done.is_set()
+            rows = conn.execute("SELECT seq, timestamp FROM user_texts WHERE seq > ? ORDER BY seq", (last,))
+            now = time.time()
+            for seq, stamp in rows.fetchall():
+                appended = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                latencies.append(now - appended)
+                last = seq
+            if finished:
+                break
+            time.sleep(0.002)
+        conn.close()
+
+    poller = threading.Thread(target=poll)
+    # Let the follower start and catch up before measuring.
+    deadline = time.monotonic() + 10
+    while not db.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)
+    poller.start()
+    appended = 0
+    n = 0
+    pending: list[tuple[Origin, Frame]] = []
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if not pending:
+            pending = conversation_lines(n)
+            pending.reverse()
+            n += 1
+        origin, frame = pending.pop()
+        writer.append(origin, frame, datetime.now(UTC))
+        appended += 1
+        next_at = started + appended * interval
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    elapsed = time.perf_counter() - started
+    # Wait for the last rows, then stop everything.
+    settle = time.monotonic() + 5
+    while time.monotonic() < settle:
+        conn = sqlite3.connect(db)
+        projected = conn.execute("SELECT last_seq FROM projection_state").fetchone()[0]
+        conn.close()
+        if projected >= writer.next_seq - 1:
+            break
+        time.sleep(0.01)
+    done.set()
+    poller.join()
+    writer.close()
+    live.stop()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "rate": appended / elapsed,
+        "rows": len(latencies),
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "max": latencies[-1] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lines", type=int, default=2_000_000, help="log size for rebuild and views")
+    parser.add_argument("--lag-seconds", type=float, default=20.0, help="duration of the live-lag run")
+    parser.add_argument("--rate", type=float, default=1000.0, help="frames/s during the live-lag run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per query (best is kept)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to build the logs (default: a temp dir)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="capture-bench-", dir=args.workdir))
+    try:
+        data_dir = work / "data"
+        console.print(f"[dim]generating ~{args.lines:,} lines in {data_dir} …[/dim]")
+        started = time.perf_counter()
+        total = generate(data_dir, args.lines)
+        size = sum(p.stat().st_size for p in events_dir(data_dir).iterdir())
+        console.print(
+            f"[dim]{total:,} lines, {size / 2**20:,.0f} MiB in {time.perf_counter() - started:.0f} s[/dim]"
+        )
+
+        console.print("[dim]parse-only ceiling …[/dim]")
+        ceiling = parse_ceiling(data_dir)
+        console.print("[dim]rebuild …[/dim]")
+        built = rebuild_run(data_dir, work / "rebuild.db", total)
+        console.print("[dim]views vs direct read_json …[/dim]")
+        views = views_vs_direct(data_dir, args.repeats)
+        console.print(f"[dim]live lag at {args.rate:,.0f} frames/s for {args.lag_seconds:.0f} s …[/dim]")
+        lag = live_lag(work, args.lag_seconds, args.rate)
+        dense_lines = max(args.lines // 4, 10_000)
+        console.print(f"[dim]dense log (27% user turns): {dense_lines:,} lines, ceiling and rebuild …[/dim]")
+        dense_dir = work / "dense"
+        dense_total = generate(dense_dir, dense_lines, "dense")
+        dense_ceiling = parse_ceiling(dense_dir)
+        dense_built = rebuild_run(dense_dir, work / "dense.db", dense_total)
+        shutil.rmtree(dense_dir, ignore_errors=True)
+
+        ceiling_rate = ceiling["lines"] / ceiling["elapsed"]
+        rebuild_rate = built["lines"] / built["elapsed"]
+        table = Table(
+            title=f"capture projections bench: {total:,} lines ({built['rows']:,} user turns), "
+            f"{size / 2**20:,.0f} MiB of log"
+        )
+        table.add_column("measure")
+        table.add_column("capture", justify="right")
+        table.add_column("reference", justify="right")
+        table.add_column("ratio / target", justify="right")
+        table.add_row(
+            "rebuild throughput (lines/s)",
+            f"{rebuild_rate:,.0f}",
+            f"{ceiling_rate:,.0f} (orjson parse only)",
+            f"{rebuild_rate / ceiling_rate:.2f}x (>= 0.5x)",
+        )
+        dense_rate = dense_built["lines"] / dense_built["elapsed"]
+        dense_ceiling_rate = dense_ceiling["lines"] / dense_ceiling["elapsed"]
+        table.add_row(
+            f"  same, dense log ({dense_total:,} lines)",
+            f"{dense_rate:,.0f}",
+            f"{dense_ceiling_rate:,.0f}",
+            f"{dense_rate / dense_ceiling_rate:.2f}x",
+        )
+        table.add_row(
+            "rebuild time / rows written",
+            f"{built['elapsed']:.1f} s / {built['rows']:,} rows",
+            f"{ceiling['elapsed']:.1f} s",
+            "",
+        )
+        quarters = " / ".join(f"{q:.0f}" if q is not None else "-" for q in built["quarters"])
+        table.add_row(
+            "rebuild peak RSS (MiB)",
+            f"{built['peak_mb']:.0f}",
+            f"log {size / 2**20:,.0f} MiB; parse-only {ceiling['peak_mb']:.0f}",
+            f"RSS at 25/50/75/100%: {quarters}",
+        )
+        table.add_row(
+            f"live lag at {lag['rate']:,.0f} frames/s (ms)",
+            f"p50 {lag['p50']:.1f} / p99 {lag['p99']:.1f}",
+            f"max {lag['max']:.1f}; {lag['rows']:,} rows",
+            "p99 <= 100 ms",
+        )
+        table.add_row(
+            "aggregate over `events` view (s)",
+            f"{views['view']:.3f}",
+            f"{views['direct']:.3f} (direct read_json)",
+            f"{views['direct'] / views['view']:.2f}x (>= 0.9x)",
+        )
+        table.add_row(
+            "count(*) over `user_texts` view (s)",
+            f"{views['user_texts_view']:.3f}",
+            f"{views['user_texts_rows']:,} rows",
+            "",
+        )
+        console.print(table)
+    finally:
+        if args.keep:
+            console.print(f"[dim]kept {work}[/dim]")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
