@@ -35,12 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = r"""
 import asyncio, sys
-from ingest.simulator import Scenario, run_simulator
+from ingest.simulator import Scenario, Simulator
 n = int(sys.argv[1])
 flood = Scenario(name="flood", flood=n, first_message=None, user_turns=[], extra_events=False, flood_ping_every=1000)
-def ready(sim):
-    print(sim.http_url, flush=True)
-asyncio.run(run_simulator(default=flood, ping_interval=None, pong_deadline=30.0, on_ready=ready))
+async def main():
+    # A long close_timeout: a slow client (--fsync always) still drains the whole flood.
+    async with Simulator(default=flood, ping_interval=None, close_timeout=600.0) as sim:
+        print(sim.http_url, flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
 """
 
 CEILING = r"""

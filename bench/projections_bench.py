@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,14 @@ def peak_mb():
 """
 
 
+def best_of(runs: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure`` ``runs`` times; keep the fastest (this machine is shared and noisy)."""
+    results = [measure() for _ in range(max(1, runs))]
+    best = min(results, key=lambda r: r["elapsed"])
+    best["peak_mb"] = max(r["peak_mb"] for r in results)
+    return best
+
+
 def parse_ceiling(data_dir: Path) -> dict[str, Any]:
     code = f"""{_RSS}
 import orjson, time, json
@@ -180,6 +189,7 @@ print(json.dumps({{"lines": n, "elapsed": elapsed, "peak_mb": peak_mb()}}))
 
 
 def rebuild_run(data_dir: Path, db: Path, total: int) -> dict[str, Any]:
+    db.unlink(missing_ok=True)
     code = f"""{_RSS}
 import json
 from pathlib import Path
@@ -196,14 +206,47 @@ print(json.dumps({{"lines": report.lines_read, "rows": report.rows_written, "ela
     return _child(code)
 
 
+# Aggregates a user would run over `events`, as (name, SELECT over {src}). The
+# direct version reads the segments with read_json and the same column types
+# (declaring only some of a line's keys makes DuckDB 2.0's reader several
+# times slower, which would flatter the view); the results must be equal.
+AGGREGATES = [
+    (
+        "events per type, conversations, first/last",
+        "SELECT type, count(*) AS n, count(DISTINCT conversation_id) AS conversations,"
+        " min(received_at) AS first, max(received_at) AS last FROM {src} GROUP BY type ORDER BY n DESC, type",
+    ),
+    ("events per type", "SELECT type, count(*) AS n FROM {src} GROUP BY type ORDER BY n DESC, type"),
+    (
+        "lines and conversations",
+        "SELECT count(*) AS lines, count(DISTINCT conversation_id) AS conversations FROM {src}",
+    ),
+]
+ENVELOPE_TYPES = {
+    "seq": "BIGINT",
+    "received_at": "TIMESTAMPTZ",
+    "source": "VARCHAR",
+    "direction": "VARCHAR",
+    "agent_id": "VARCHAR",
+    "connection_id": "VARCHAR",
+    "conversation_id": "VARCHAR",
+    "crc32": "UBIGINT",
+    "event": "JSON",
+    "raw": "VARCHAR",
+    "raw_b64": "VARCHAR",
+}
+
+
 def views_vs_direct(data_dir: Path, repeats: int) -> dict[str, Any]:
     folder = events_dir(data_dir).resolve().as_posix()
     code = f"""
 import json, time
 from pathlib import Path
 from projections.duckdb_views import open_analytics, run_query
-AGG = "SELECT type, count(*) AS n, count(DISTINCT conversation_id) AS conversations, min(received_at) AS first, max(received_at) AS last FROM {{src}} GROUP BY type ORDER BY n DESC, type"
-direct_src = "(SELECT event->>'type' AS type, conversation_id, received_at FROM read_json('{folder}/*.jsonl', format = 'newline_delimited', columns = {{'received_at': 'TIMESTAMPTZ', 'conversation_id': 'VARCHAR', 'event': 'JSON'}}))"
+AGGREGATES = {AGGREGATES!r}
+STRUCT = "{{" + ", ".join(f"'{{c}}': '{{t}}'" for c, t in {ENVELOPE_TYPES!r}.items()) + "}}"
+DIRECT = ("(SELECT *, event->>'type' AS type FROM read_json('{folder}/*.jsonl',"
+          f" format = 'newline_delimited', columns = {{STRUCT}}))")
 conn = open_analytics(Path({str(data_dir)!r}))
 def timed(sql):
     best = None
@@ -213,11 +256,14 @@ def timed(sql):
         elapsed = time.perf_counter() - started
         best = elapsed if best is None else min(best, elapsed)
     return best, rows
-view_time, view_rows = timed(AGG.format(src="events"))
-direct_time, direct_rows = timed(AGG.format(src=direct_src))
-assert view_rows == direct_rows, (view_rows, direct_rows)
+results = []
+for name, template in AGGREGATES:
+    view_time, view_rows = timed(template.format(src="events"))
+    direct_time, direct_rows = timed(template.format(src=DIRECT))
+    assert view_rows == direct_rows, (name, view_rows, direct_rows)
+    results.append([name, view_time, direct_time])
 ut_time, ut_rows = timed("SELECT count(*) FROM user_texts")
-print(json.dumps({{"view": view_time, "direct": direct_time, "user_texts_view": ut_time, "user_texts_rows": ut_rows[0][0]}}))
+print(json.dumps({{"aggregates": results, "user_texts_view": ut_time, "user_texts_rows": ut_rows[0][0]}}))
 """
     return _child(code)
 
@@ -308,7 +354,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=2_000_000, help="log size for rebuild and views")
     parser.add_argument("--lag-seconds", type=float, default=20.0, help="duration of the live-lag run")
     parser.add_argument("--rate", type=float, default=1000.0, help="frames/s during the live-lag run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per query (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measure (the fastest is kept)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where to build the logs (default: a temp dir)"
     )
@@ -327,19 +373,19 @@ def main() -> None:
         )
 
         console.print("[dim]parse-only ceiling …[/dim]")
-        ceiling = parse_ceiling(data_dir)
+        ceiling = best_of(args.repeats, lambda: parse_ceiling(data_dir))
         console.print("[dim]rebuild …[/dim]")
-        built = rebuild_run(data_dir, work / "rebuild.db", total)
+        built = best_of(args.repeats, lambda: rebuild_run(data_dir, work / "rebuild.db", total))
         console.print("[dim]views vs direct read_json …[/dim]")
-        views = views_vs_direct(data_dir, args.repeats)
+        views = views_vs_direct(data_dir, max(3, args.repeats))
         console.print(f"[dim]live lag at {args.rate:,.0f} frames/s for {args.lag_seconds:.0f} s …[/dim]")
         lag = live_lag(work, args.lag_seconds, args.rate)
         dense_lines = max(args.lines // 4, 10_000)
         console.print(f"[dim]dense log (27% user turns): {dense_lines:,} lines, ceiling and rebuild …[/dim]")
         dense_dir = work / "dense"
         dense_total = generate(dense_dir, dense_lines, "dense")
-        dense_ceiling = parse_ceiling(dense_dir)
-        dense_built = rebuild_run(dense_dir, work / "dense.db", dense_total)
+        dense_ceiling = best_of(args.repeats, lambda: parse_ceiling(dense_dir))
+        dense_built = best_of(args.repeats, lambda: rebuild_run(dense_dir, work / "dense.db", dense_total))
         shutil.rmtree(dense_dir, ignore_errors=True)
 
         ceiling_rate = ceiling["lines"] / ceiling["elapsed"]
@@ -385,12 +431,19 @@ def main() -> None:
             f"max {lag['max']:.1f}; {lag['rows']:,} rows",
             "p99 <= 100 ms",
         )
-        table.add_row(
-            "aggregate over `events` view (s)",
-            f"{views['view']:.3f}",
-            f"{views['direct']:.3f} (direct read_json)",
-            f"{views['direct'] / views['view']:.2f}x (>= 0.9x)",
-        )
+        ratios = []
+        for name, view_time, direct_time in views["aggregates"]:
+            ratios.append(direct_time / view_time)
+            table.add_row(
+                f"`events` view: {name} (s)",
+                f"{view_time:.3f}",
+                f"{direct_time:.3f} (direct read_json)",
+                f"{direct_time / view_time:.2f}x (>= 0.9x)",
+            )
+        mean = 1.0
+        for ratio in ratios:
+            mean *= ratio
+        table.add_row("  views, geometric mean", "", "", f"{mean ** (1 / len(ratios)):.2f}x (>= 0.9x)")
         table.add_row(
             "count(*) over `user_texts` view (s)",
             f"{views['user_texts_view']:.3f}",

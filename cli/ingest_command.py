@@ -23,7 +23,7 @@ from ingest.status import log_status
 from ingest.user_input import open_input, read_lines
 from ingest.webhook import WebhookConfig, run_webhook_server
 
-from .options import DataDir, parse_size, parse_vars
+from .options import DataDir, DbPath, parse_size, parse_vars
 from .output import console, reporting_errors, setup_logging
 
 
@@ -95,15 +95,7 @@ def register(app: typer.Typer) -> None:
         no_project: Annotated[
             bool, typer.Option("--no-project", help="Do not update the SQLite user_texts table live.")
         ] = False,
-        db: Annotated[
-            Path | None,
-            typer.Option(
-                "--db",
-                envvar="WHATSAPP_DB_PATH",
-                help="SQLite file of the user_texts projection (default: <data dir>/whatsapp_storage.db).",
-                show_default=False,
-            ),
-        ] = None,
+        db: DbPath = None,
         agent_ws: Annotated[
             bool,
             typer.Option(
@@ -208,12 +200,13 @@ def register(app: typer.Typer) -> None:
     @app.command("status")
     def status_command(
         data_dir: DataDir = Path("data"),
+        db: DbPath = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     ) -> None:
-        """Show what the log holds and whether an ingest is writing to it."""
+        """Show what the log holds, whether an ingest is writing to it, and the projection's lag."""
         with reporting_errors():
             status = log_status(data_dir)
-            extra = _projection_status(data_dir)
+            extra = _projection_status(data_dir, db)
         if as_json:
             data = status.as_dict()
             data["projection"] = extra
@@ -289,9 +282,9 @@ def _sidecars(data_dir: Path, db: Path | None) -> list[Sidecar]:
     return [live_projection_sidecar(data_dir, db)]
 
 
-def _projection_status(data_dir: Path) -> dict[str, object] | None:
+def _projection_status(data_dir: Path, db: Path | None) -> dict[str, object] | None:
     try:
         from projections.sqlite_store import projection_status
     except ImportError:
         return None
-    return projection_status(data_dir, None)
+    return projection_status(data_dir, db)

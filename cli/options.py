@@ -11,7 +11,7 @@ import typer
 from ingest.errors import ConfigError
 
 
-__all__ = ["DataDir", "parse_size", "parse_vars"]
+__all__ = ["DataDir", "DbPath", "parse_size", "parse_vars"]
 
 DataDir = Annotated[
     Path,
@@ -23,6 +23,16 @@ DataDir = Annotated[
     ),
 ]
 
+DbPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        envvar="WHATSAPP_DB_PATH",
+        dir_okay=False,
+        show_default=False,
+        help="SQLite file of the user_texts table (default: <data dir>/whatsapp_storage.db).",
+    ),
+]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 

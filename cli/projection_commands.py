@@ -20,29 +20,19 @@ from ingest.errors import QueryError
 from projections.duckdb_views import QueryResult, default_duckdb_path, open_analytics, run_query
 from projections.sqlite_store import ProjectReport, default_db_path, log_last_seq, project, rebuild
 
-from .options import DataDir
+from .options import DataDir, DbPath
 from .output import console, err_console, reporting_errors
 
 
 __all__ = ["OutputFormat", "register"]
 
-DbPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--db",
-        envvar="WHATSAPP_DB_PATH",
-        dir_okay=False,
-        show_default=False,
-        help="SQLite file of the user_texts table [default: <data dir>/whatsapp_storage.db].",
-    ),
-]
 DuckdbPath = Annotated[
     Path | None,
     typer.Option(
         "--duckdb",
         dir_okay=False,
         show_default=False,
-        help="DuckDB file holding the analytics views [default: <data dir>/analytics.duckdb].",
+        help="DuckDB file holding the analytics views (default: <data dir>/analytics.duckdb).",
     ),
 ]
 

@@ -129,7 +129,9 @@ async def _run_all(
     tasks: list[asyncio.Task[object]] = []
     if client is not None:
         tasks.append(asyncio.create_task(client.run(), name="agent_ws"))
-    tasks += [asyncio.create_task(source(writer, stop), name=f"source-{i}") for i, source in enumerate(sources)]
+    tasks += [
+        asyncio.create_task(source(writer, stop), name=f"source-{i}") for i, source in enumerate(sources)
+    ]
     if not tasks:
         return
     agent_task = tasks[0] if client is not None else None

@@ -24,9 +24,9 @@ How they stay valid:
   that folder, so moving the data dir keeps them working. When the layout or
   this module's SQL changed, :func:`open_analytics` recreates the views.
 
-The Python reader also checks each line's ``crc32``; SQL cannot, so a line
-whose frame was corrupted on disk yet still parses appears in the views and
-not in the SQLite table.
+The Python projector also checks the ``crc32`` of each line that could be a
+user turn; SQL cannot, so such a line whose frame was corrupted on disk yet
+still parses gives a row in the view and not in the SQLite table.
 
 """
 

@@ -43,6 +43,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+def _busy(exc: ProjectionError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
+
+
 def follow(
     data_dir: Path,
     db_path: Path,
@@ -70,14 +75,14 @@ def follow(
             read = tail.read(batch_lines)
             if read.items or read.invalid:
                 from_seq = store.last_seq
-                state = store.state.copy()
-                result = fold(state, read.items)
+                # Folded in place: a refused or failed batch is undone by reload().
+                result = fold(store.state, read.items)
                 try:
                     inserted = store.apply(result, from_seq, read.invalid)
                 except ProjectionError as exc:
-                    if not isinstance(exc.__cause__, sqlite3.OperationalError):
+                    if not _busy(exc):
                         raise
-                    inserted = None  # busy (a rebuild's copy): read again from the stored position
+                    inserted = None  # a rebuild's copy held the lock: read again from the stored position
                 moved = inserted is None
                 if _identity(db_path) != identity:
                     # Deleted or renamed over: continue in the file now at db_path.
@@ -89,8 +94,6 @@ def follow(
                     store.reload()
                 if moved:
                     tail.seek(store.last_seq)
-                else:
-                    store.state = state
                 if len(read.items) >= batch_lines:
                     continue  # more is waiting: no pause
             elif stopping:

@@ -35,6 +35,7 @@ The rule:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Iterable
@@ -218,15 +219,10 @@ def _event_id(value: Any) -> int | str | None:
     return value if isinstance(value, int | str) else None
 
 
-_JSON_CACHE: dict[str | None, tuple[bytes, str]] = {}
-
-
+@functools.lru_cache(maxsize=64)  # a log has a handful of sources
 def _source_json(source: str | None) -> tuple[bytes, str]:
-    """Return ``source`` as JSON and the ``sources`` array text; a log has few sources."""
-    cached = _JSON_CACHE.get(source)
-    if cached is None:
-        cached = _JSON_CACHE[source] = (orjson.dumps(source), orjson.dumps([source]).decode())
-    return cached
+    """Return ``source`` as JSON and the ``sources`` array text."""
+    return orjson.dumps(source), orjson.dumps([source]).decode()
 
 
 def _turn(
@@ -244,7 +240,7 @@ def _turn(
         text = event.get("text")
     if not isinstance(text, str):
         return SkipReason.NO_TEXT
-    if not text.strip(WHITESPACE):
+    if is_blank(text):
         return SkipReason.EMPTY_TEXT
     conversation_id = _string(envelope.get("conversation_id"))
     connection_id = envelope.get("connection_id")

@@ -93,7 +93,9 @@ def test_normal_conversation_is_logged_in_order(data_dir: Path) -> None:
     assert lines[-1].source == "capture" and lines[-1].event is not None
     assert lines[-1].event["type"] == "connection_closed"
     assert lines[-1].event["close_code"] == 1000 and lines[-1].event["closed_by"] == "server"
-    assert lines[-1].event["frames"] == len(lines) - 2  # the init (out) and this record are not received frames
+    assert (
+        lines[-1].event["frames"] == len(lines) - 2
+    )  # the init (out) and this record are not received frames
 
 
 def test_audio_is_counted_never_logged(data_dir: Path) -> None:
