@@ -332,8 +332,9 @@ class LogWriter:
                 os.fsync(active.fd)
                 self.stats.fsyncs += 1
         except OSError as exc:
-            self._fail(LogWriteError(f"writing {active.path} failed: {exc.strerror or exc}; stopping"))
-            raise self._error from exc  # type: ignore[misc]
+            raise self._fail(
+                LogWriteError(f"writing {active.path} failed: {exc.strerror or exc}; stopping")
+            ) from exc
         active.dirty = self.fsync is not FsyncPolicy.ALWAYS
         active.size += len(line)
         self.next_seq = seq + 1
@@ -341,11 +342,13 @@ class LogWriter:
         self.stats.bytes += len(line)
         return seq
 
-    def _fail(self, error: LogWriteError) -> None:
+    def _fail(self, error: LogWriteError) -> LogWriteError:
+        """Record the first failure (the writer is unusable from now on) and return it."""
         if self._error is None:
             self._error = error
             if self._on_error is not None:
                 self._on_error(error)
+        return self._error
 
     def _rotate(self, active: _Active) -> _Active:
         path = active.path.with_name(segment_name(self.next_seq))
@@ -358,8 +361,9 @@ class LogWriter:
             fd = os.open(path, _O_APPEND)
         except OSError as exc:
             self._active = None
-            self._fail(LogWriteError(f"rolling to {path.name} failed: {exc.strerror or exc}; stopping"))
-            raise self._error from exc  # type: ignore[misc]
+            raise self._fail(
+                LogWriteError(f"rolling to {path.name} failed: {exc.strerror or exc}; stopping")
+            ) from exc
         self.stats.rotations += 1
         self._active = _Active(path, fd, 0, time.time())
         log.debug("rolled to segment %s", path.name)

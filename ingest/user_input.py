@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,8 @@ def open_input(spec: str) -> TextIO:
 
     """
     if spec == "-":
-        sys.stdin.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(encoding="utf-8", errors="replace")
         return sys.stdin
     try:
         return Path(spec).open(encoding="utf-8", errors="replace", newline="")
