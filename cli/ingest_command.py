@@ -191,11 +191,12 @@ def register(app: typer.Typer) -> None:
                     sidecars=sidecars,
                 )
             )
-        console.print(
-            f"{summary.conversations} conversations, {summary.frames_logged} frames logged, "
-            f"{summary.audio_skipped} audio frames skipped",
-            highlight=False,
-        )
+        if agent_ws:
+            console.print(
+                f"{summary.conversations} conversations, {summary.frames_logged} frames logged, "
+                f"{summary.audio_skipped} audio frames skipped",
+                highlight=False,
+            )
 
     @app.command("status")
     def status_command(
