@@ -22,10 +22,9 @@ __all__ = ["SECRET_ENV", "register"]
 SECRET_ENV = "ELEVENLABS_WEBHOOK_SECRET"
 
 FSYNC_HELP = (
-    "What a 200 waits for. 'interval' (default): an fsync, shared by the deliveries in flight; "
-    "an acknowledged delivery survives a power failure. 'always': the same, one fsync per delivery. "
-    "'never': only the write; a killed process loses nothing, a power failure may lose "
-    "acknowledged deliveries."
+    "A 200 always waits until the delivery is on stable storage. 'interval' (default) and 'never': "
+    "an fsync shared by the deliveries in flight (group commit, off the event loop). "
+    "'always': one fsync per delivery, inside the append."
 )
 
 

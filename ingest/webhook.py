@@ -31,11 +31,10 @@ Choices a caller should know:
   tolerance) is stored again and answered 200: ElevenLabs may resend a
   delivery it thinks failed, and refusing a resend risks losing the only copy.
   Duplicates are the projection's job (its rows are keyed on content).
-* The fsync policy of the writer decides what 200 means: ``interval`` (the
-  default) waits for an fsync shared with concurrent deliveries; ``always``
-  fsyncs inside the append (on the event loop, one delivery at a time);
-  ``never`` answers after the ``write`` syscall (a killed process loses
-  nothing, a power failure may lose acknowledged deliveries).
+* A 200 always means the delivery is on stable storage: with ``interval``
+  (the default) and ``never`` it waits for an fsync shared with concurrent
+  deliveries (group commit, in a worker thread); with ``always`` the append
+  itself fsyncs (on the event loop, one delivery at a time).
 * A failed write or fsync answers 500 (the delivery is not acknowledged), sets
   the ``stop`` event and is raised by :func:`run_webhook_server` once stopped:
   the writer is unusable and the process must end.
@@ -326,7 +325,9 @@ class WebhookReceiver:
         origin = Origin(SOURCE, "in", info.agent_id, uuid.uuid4().hex, info.conversation_id)
         try:
             seq = self.writer.append(origin, frame, received_at=time.time_ns())
-            if self.writer.fsync is FsyncPolicy.INTERVAL:
+            # An acknowledged delivery must be durable whatever the policy:
+            # ``never`` only concerns the agent socket's stream of frames.
+            if self.writer.fsync is not FsyncPolicy.ALWAYS:
                 await self._commit.wait()
         except LogWriteError as exc:
             self._fail(exc)
