@@ -39,6 +39,7 @@ __all__ = [
     "LogLine",
     "Origin",
     "decode_line",
+    "decode_parsed_line",
     "encode_line",
     "format_epoch_ns",
     "format_timestamp",
@@ -182,6 +183,44 @@ def decode_line(line: bytes) -> LogLine:
     seq = envelope.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise LineError("no integer seq")
+    event: dict[str, Any] | None = None
+    if "event" in envelope:
+        event = envelope["event"]
+        start = line.find(_EVENT_KEY)
+        if start < 0 or not isinstance(event, dict):
+            raise LineError("event is not a spliced JSON object")
+        raw = line[start + len(_EVENT_KEY) : -1]
+    elif isinstance(envelope.get("raw"), str):
+        raw = frame_bytes(envelope["raw"])
+    elif isinstance(envelope.get("raw_b64"), str):
+        try:
+            raw = base64.b64decode(envelope["raw_b64"], validate=True)
+        except ValueError:
+            raise LineError("raw_b64 is not base64") from None
+    else:
+        raise LineError("no event, raw or raw_b64")
+    crc = envelope.get("crc32")
+    if crc is not None and crc != zlib.crc32(raw):
+        raise LineError("crc32 does not match the frame")
+    return LogLine(seq, envelope, event, raw)
+
+
+def decode_parsed_line(line: bytes, envelope: Any) -> LogLine:
+    """Check one log line a caller already parsed, and return it decoded.
+
+    The same checks and result as :func:`decode_line`, without parsing the
+    line a second time: ``envelope`` must be ``orjson.loads(line)``.
+
+    Raises:
+        LineError: as :func:`decode_line`.
+
+    """
+    if not isinstance(envelope, dict):
+        raise LineError("not a JSON object")
+    seq = envelope.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise LineError("no integer seq")
+    line = line.rstrip(b"\n")
     event: dict[str, Any] | None = None
     if "event" in envelope:
         event = envelope["event"]

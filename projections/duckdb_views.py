@@ -46,7 +46,24 @@ import orjson
 from ingest.errors import ProjectionError, QueryError
 from ingest.log import events_dir
 
-from .user_texts import DEFAULT_USER_ID, INIT_TYPE, WHITESPACE, Kind
+from .user_texts import (
+    AGENT_WS,
+    CAPTURE,
+    CLOSED_TYPE,
+    DEFAULT_USER_ID,
+    ENTRY_SLOTS,
+    INIT_TYPE,
+    LIVE_RULE_TYPES,
+    MAX_EPOCH_US,
+    MAX_OFFSET_SECS,
+    MAX_START_SECS,
+    REST,
+    TRANSCRIPTION_TYPE,
+    WEBHOOK,
+    WHITESPACE,
+    Kind,
+    Medium,
+)
 
 
 __all__ = [
@@ -86,25 +103,26 @@ _ENVELOPE_TYPES = {
     "raw_b64": "VARCHAR",
 }
 
-# What the user_texts rule reads from each line, parsed once per line. The
-# frame's fields stay JSON so that their JSON type can be checked, as the
-# Python rule checks isinstance; received_at stays text so the timestamp
+# What the user_texts rule reads from each line it looks at, parsed once per
+# line. The frame's fields stay JSON so that their JSON type can be checked, as
+# the Python rule checks isinstance; received_at stays text so the timestamp
 # column is the logged string, as in SQLite.
 _RULE_STRUCTURE: dict[str, object] = {
     "seq": "BIGINT",
     "received_at": "VARCHAR",
-    "source": "VARCHAR",
     "direction": "VARCHAR",
     "connection_id": "VARCHAR",
     "conversation_id": "VARCHAR",
+    "raw": "JSON",
     "event": {
-        "type": "JSON",
         "user_id": "JSON",
         "text": "JSON",
         "user_transcription_event": {"user_transcript": "JSON", "event_id": "JSON"},
     },
 }
 
+_NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+_EVENT_ID = "('BIGINT', 'UBIGINT', 'VARCHAR')"
 _EVENT_KEY = ',"event":'
 
 
@@ -131,6 +149,203 @@ def _structure_literal(structure: Mapping[str, object]) -> str:
     return _literal(orjson.dumps(structure).decode())
 
 
+def _string_of(json: str) -> str:
+    """SQL for the value of a JSON string, else NULL (Python: ``_string``)."""
+    return f"CASE WHEN json_type({json}) = 'VARCHAR' THEN {json}->>'$' END"
+
+
+def _nonempty_of(json: str) -> str:
+    """SQL for the value of a non-empty JSON string, else NULL (Python: ``_nonempty``)."""
+    return f"CASE WHEN json_type({json}) = 'VARCHAR' AND {json}->>'$' <> '' THEN {json}->>'$' END"
+
+
+def _normalized(text: str) -> str:
+    """SQL for :func:`~projections.user_texts.normalize`."""
+    spaces = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]+"
+    return f"regexp_replace(trim({text}, {_chars(WHITESPACE)}), {_literal(spaces)}, ' ', 'g')"
+
+
+def _digest(*parts: str) -> str:
+    """SQL for ``user_texts._digest`` of SQL string expressions: sha256 of their JSON array."""
+    return f"left(sha256(to_json([{', '.join(parts)}])::VARCHAR), 32)"
+
+
+def _blank_free(text: str) -> str:
+    return f"{text} IS NOT NULL AND trim({text}, {_chars(WHITESPACE)}) <> ''"
+
+
+def _user_texts_view(glob: str, name_filter: str) -> str:
+    """The ``user_texts`` view: :mod:`projections.user_texts` stated in SQL.
+
+    Where the Python fold merges each sighting into its row as the log goes,
+    the view groups all sightings at once: a row per key (spoken keys
+    resolved through the first alias), its first sighting the one with the
+    smallest place ``seq * ENTRY_SLOTS + entry``.
+    """
+    slots = ENTRY_SLOTS
+    live_types = ", ".join(
+        f"('{source}', '{kind}', '{direction}')"
+        for source, kinds in LIVE_RULE_TYPES.items()
+        for kind, direction in kinds.items()
+    )
+    closed = f"source = '{CAPTURE}' AND type = '{CLOSED_TYPE}' AND connection_id IS NOT NULL"
+    message, transcript = Kind.USER_MESSAGE.value, Kind.USER_TRANSCRIPT.value
+    return f"""CREATE OR REPLACE VIEW user_texts AS
+WITH candidates AS (
+    SELECT json AS line, json_extract_string(json, ['$.source', '$.event.type', '$.direction']) AS head
+    FROM read_json_objects({glob}, format = 'newline_delimited',
+                           ignore_errors = true, allow_empty = true, filename = true)
+    WHERE {name_filter} AND json IS NOT NULL
+), wanted AS (
+    -- The lines the rule reads (a fraction of a log).
+    SELECT line, head[1] AS source, head[2] AS type, head[3] AS direction_text
+    FROM candidates
+    WHERE head[1] IN ('{REST}', '{WEBHOOK}')
+       OR list_contains([{live_types}], (head[1], head[2], head[3]))
+), parsed AS MATERIALIZED (
+    -- Materialized so that each line is parsed once: DuckDB would otherwise
+    -- repeat json_transform for every field read from it.
+    SELECT line, source, type, json_transform(line, {_structure_literal(_RULE_STRUCTURE)}) AS j
+    FROM wanted
+), lines AS (
+    -- One per seq: the fold skips a duplicated line.
+    SELECT * FROM parsed WHERE j.seq IS NOT NULL QUALIFY row_number() OVER (PARTITION BY j.seq) = 1
+), live AS (
+    SELECT j.seq AS seq, j.received_at AS received_at, source, type, j.connection_id AS connection_id,
+           j.conversation_id AS conversation_id, line,
+           {_nonempty_of("j.event.user_id")} AS frame_user_id,
+           j.event.text AS message_text,
+           j.event.user_transcription_event.user_transcript AS transcript_text,
+           j.event.user_transcription_event.event_id AS event_id
+    FROM lines
+    WHERE source NOT IN ('{REST}', '{WEBHOOK}')
+), epochs AS (
+    -- A connection's state is forgotten at its connection_closed record.
+    SELECT *, count(*) FILTER (WHERE {closed}) OVER (
+                  PARTITION BY connection_id ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+              ) AS epoch
+    FROM live
+), users AS (
+    -- The user_id of the latest init frame sent on the same connection before each line.
+    SELECT *,
+           last_value(CASE WHEN type = '{INIT_TYPE}' AND connection_id IS NOT NULL THEN frame_user_id END IGNORE NULLS)
+               OVER (PARTITION BY connection_id, epoch ORDER BY seq
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS init_user_id
+    FROM epochs
+), live_turns AS (
+    SELECT seq, received_at, source, connection_id, conversation_id, epoch, line,
+           type = '{message}' AS typed,
+           coalesce(init_user_id, frame_user_id) AS user_id,
+           CASE WHEN type = '{message}' THEN {_string_of("message_text")}
+                ELSE {_string_of("transcript_text")} END AS text,
+           CASE WHEN type = '{transcript}' AND json_type(event_id) IN {_EVENT_ID} THEN event_id END AS event_id
+    FROM users
+    WHERE type IN ('{message}', '{transcript}')
+), live_valid AS (
+    SELECT *, {_normalized("text")} AS normal FROM live_turns WHERE {_blank_free("text")}
+), live_sightings AS (
+    SELECT seq, NULL::BIGINT AS entry, source, conversation_id, text, user_id, received_at AS turn_at, event_id,
+           line[strpos(line, '{_EVENT_KEY}') + {len(_EVENT_KEY)} : length(line) - 1] AS raw_event,
+           CASE WHEN typed THEN '{Medium.TEXT}' WHEN source = '{AGENT_WS}' THEN '{Medium.AUDIO}' END AS medium,
+           CASE WHEN conversation_id IS NULL THEN 'seq:' || seq::VARCHAR
+                WHEN typed THEN 'typed:' || {_digest("conversation_id", "normal", "(row_number() OVER (PARTITION BY typed, connection_id, epoch, conversation_id, normal ORDER BY seq))::VARCHAR")}
+                WHEN event_id IS NOT NULL THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")}
+                ELSE 'seq:' || seq::VARCHAR END AS key,
+           NOT typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL AS spoken,
+           NULL::VARCHAR AS alias
+    FROM live_valid
+), bodies AS (
+    SELECT j.seq AS seq, j.received_at AS received_at, source, j.conversation_id AS envelope_conversation_id,
+           CASE WHEN json_type(line, '$.event') = 'OBJECT' THEN json_extract(line, '$.event')
+                WHEN json_type(j.raw) = 'VARCHAR' AND json_valid(j.raw->>'$') THEN (j.raw->>'$')::JSON END AS body
+    FROM lines
+    WHERE source IN ('{REST}', '{WEBHOOK}')
+), calls AS (
+    SELECT seq, received_at, source, data,
+           coalesce({_string_of("data->'$.conversation_id'")}, envelope_conversation_id) AS conversation_id,
+           CASE WHEN json_type(data, '$.metadata.start_time_unix_secs') IN {_NUMBER}
+                THEN (data->>'$.metadata.start_time_unix_secs')::DOUBLE END AS start_secs,
+           coalesce({_nonempty_of("data->'$.user_id'")},
+                    {_nonempty_of("data->'$.conversation_initiation_client_data.user_id'")}) AS user_id
+    FROM (SELECT *, CASE WHEN source = '{REST}' THEN body
+                         WHEN body->>'$.type' = '{TRANSCRIPTION_TYPE}' THEN body->'$.data' END AS data
+          FROM bodies)
+    WHERE json_type(data) = 'OBJECT' AND json_type(data, '$.transcript') = 'ARRAY'
+), entries AS (
+    SELECT * EXCLUDE (data), unnest(json_extract(data, '$.transcript[*]')) AS item,
+           unnest(range(json_array_length(data, '$.transcript')::BIGINT)) AS entry
+    FROM calls
+), body_turns AS (
+    SELECT *,
+           {_string_of("item->'$.message'")} AS text,
+           {_string_of("item->'$.source_medium'")} AS raw_medium,
+           CASE WHEN json_type(item, '$.source_event_id') IN {_EVENT_ID} THEN item->'$.source_event_id' END AS event_id,
+           CASE WHEN json_type(item, '$.time_in_call_secs') IN {_NUMBER}
+                THEN (item->>'$.time_in_call_secs')::DOUBLE END AS offset_secs
+    FROM entries
+    WHERE entry < {slots} AND json_type(item) = 'OBJECT' AND json_type(item, '$.role') = 'VARCHAR'
+      AND item->>'$.role' = 'user'
+), body_valid AS (
+    SELECT *, {_normalized("text")} AS normal,
+           CASE WHEN raw_medium IN ('{Medium.AUDIO}', '{Medium.TEXT}') THEN raw_medium END AS medium,
+           coalesce(raw_medium = '{Medium.TEXT}', false) AS typed,
+           CASE WHEN start_secs BETWEEN 0 AND {MAX_START_SECS} AND offset_secs BETWEEN 0 AND {MAX_OFFSET_SECS}
+                THEN floor(start_secs * 1000000 + 0.5)::BIGINT + floor(offset_secs * 1000000 + 0.5)::BIGINT
+           END AS micros
+    FROM body_turns
+    WHERE {_blank_free("text")}
+), body_sightings AS (
+    SELECT seq, entry, source, conversation_id, text, user_id,
+           CASE WHEN micros <= {MAX_EPOCH_US}
+                THEN strftime(make_timestamp(micros), '%Y-%m-%dT%H:%M:%S.%fZ') ELSE received_at END AS turn_at,
+           event_id, 'null' AS raw_event, medium,
+           CASE WHEN conversation_id IS NULL THEN 'seq:' || seq::VARCHAR || ':' || entry::VARCHAR
+                WHEN typed THEN 'typed:' || {_digest("conversation_id", "normal", "(row_number() OVER (PARTITION BY seq, typed, normal ORDER BY entry))::VARCHAR")}
+                WHEN event_id IS NOT NULL THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")}
+                ELSE 'entry:' || {_digest("conversation_id", "coalesce(raw_medium, '')", "normal", "(row_number() OVER (PARTITION BY seq, typed, event_id IS NULL, coalesce(raw_medium, ''), normal ORDER BY entry))::VARCHAR")}
+           END AS key,
+           NOT typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL AS spoken,
+           CASE WHEN typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL
+                THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")} END AS alias
+    FROM body_valid
+), sightings AS (
+    SELECT *, seq * {slots} + coalesce(entry, 0) AS place,
+           '[' || to_json(source)::VARCHAR || ',' || seq::VARCHAR || ',' || coalesce(entry::VARCHAR, 'null')
+               || ',' || coalesce(to_json(medium)::VARCHAR, 'null')
+               || ',' || coalesce(to_json(user_id)::VARCHAR, 'null') || ']' AS record
+    FROM (SELECT * FROM live_sightings UNION ALL BY NAME SELECT * FROM body_sightings)
+), aliases AS (
+    -- The first typed entry with an id names the typed key its spoken key stands for.
+    SELECT alias, arg_min(key, place) AS target FROM sightings WHERE alias IS NOT NULL GROUP BY alias
+), grouped AS (
+    SELECT CASE WHEN s.spoken THEN coalesce(a.target, s.key) ELSE s.key END AS dedup_key,
+           min(place) AS id,
+           arg_min({{'seq': seq, 'entry': entry, 'source': source, 'conversation_id': conversation_id,
+                     'text': text, 'event_id': event_id, 'raw_event': raw_event}}, place) AS first,
+           arg_min(medium, place) FILTER (WHERE medium IS NOT NULL) AS medium,
+           arg_min(user_id, place) FILTER (WHERE user_id IS NOT NULL) AS user_id,
+           min(turn_at) AS "timestamp",
+           string_agg(record, ',' ORDER BY place) AS records,
+           list_sort(list_distinct(list(source))) AS sources
+    FROM sightings s LEFT JOIN aliases a ON s.spoken AND a.alias = s.key
+    GROUP BY ALL
+)
+SELECT id, dedup_key,
+       CASE WHEN medium = '{Medium.TEXT}' THEN '{message}' ELSE '{transcript}' END AS kind,
+       first.conversation_id AS session_id,
+       coalesce(user_id, '{DEFAULT_USER_ID}') AS user_id,
+       first.text AS text,
+       "timestamp",
+       '{{"raw_event":' || first.raw_event || ',"seq":' || first.seq::VARCHAR
+           || ',"source":' || to_json(first.source)::VARCHAR
+           || ',"event_id":' || coalesce(first.event_id::VARCHAR, 'null')
+           || ',"entry":' || coalesce(first.entry::VARCHAR, 'null')
+           || ',"sightings":[' || records || ']}}' AS metadata,
+       to_json(sources)::VARCHAR AS sources,
+       first.seq AS seq
+FROM grouped"""
+
+
 def view_statements(segments: str, placeholder: str) -> list[str]:
     """Return the ``CREATE OR REPLACE VIEW`` statements for segments in folder ``segments``.
 
@@ -144,85 +359,13 @@ def view_statements(segments: str, placeholder: str) -> list[str]:
     pattern = segments.rstrip("/") + "/" + _SEGMENT_GLOB
     glob = f"[{_literal(pattern)}, {_literal(placeholder)}]"
     name_filter = f"regexp_matches(filename, {_literal(_SEGMENT_NAME)})"
-    whitespace = _chars(WHITESPACE)
     events = f"""CREATE OR REPLACE VIEW events AS
 SELECT seq, received_at, source, direction, agent_id, connection_id, conversation_id,
        event->>'type' AS type, event, raw, raw_b64, crc32, filename AS segment
 FROM read_json({glob}, format = 'newline_delimited', columns = {_struct(_ENVELOPE_TYPES)},
                ignore_errors = true, allow_empty = true, filename = true)
 WHERE {name_filter} AND seq IS NOT NULL"""
-    user_texts = f"""CREATE OR REPLACE VIEW user_texts AS
-WITH candidates AS (
-    -- The lines whose frame type the rule looks at (about a quarter of a log);
-    -- list_contains, not IN: IN would extract the type once per value.
-    SELECT json AS line
-    FROM read_json_objects({glob}, format = 'newline_delimited',
-                           ignore_errors = true, allow_empty = true, filename = true)
-    WHERE {name_filter} AND json IS NOT NULL
-      AND list_contains(
-          ['{INIT_TYPE}', '{Kind.USER_TRANSCRIPT}', '{Kind.USER_MESSAGE}'], json_extract_string(json, '$.event.type'))
-), parsed AS MATERIALIZED (
-    -- Materialized so that each candidate is parsed once: DuckDB would otherwise
-    -- repeat json_transform for every field read from it.
-    SELECT line, json_transform(line, {_structure_literal(_RULE_STRUCTURE)}) AS j
-    FROM candidates
-), frames AS (
-    SELECT j.seq AS seq, j.received_at AS received_at, j.source AS source, j.direction AS direction,
-           j.connection_id AS connection_id, j.conversation_id AS conversation_id, line,
-           CASE WHEN json_type(j.event.type) = 'VARCHAR' THEN j.event.type->>'$' END AS type,
-           CASE WHEN json_type(j.event.user_id) = 'VARCHAR' AND j.event.user_id->>'$' <> ''
-                THEN j.event.user_id->>'$' END AS frame_user_id,
-           j.event.text AS message_text,
-           j.event.user_transcription_event.user_transcript AS transcript_text,
-           j.event.user_transcription_event.event_id AS event_id
-    FROM parsed
-    WHERE j.seq IS NOT NULL
-), users AS (
-    -- The user_id of the latest init frame sent on the same connection before each line.
-    SELECT *,
-           last_value(CASE WHEN type = '{INIT_TYPE}' AND direction = 'out' AND connection_id IS NOT NULL
-                           THEN frame_user_id END IGNORE NULLS)
-               OVER (PARTITION BY connection_id ORDER BY seq
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS init_user_id
-    FROM frames
-), turns AS (
-    SELECT seq, received_at, source, conversation_id, line, type,
-           coalesce(init_user_id, frame_user_id, '{DEFAULT_USER_ID}') AS user_id,
-           CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
-                THEN CASE WHEN json_type(transcript_text) = 'VARCHAR' THEN transcript_text->>'$' END
-                ELSE CASE WHEN json_type(message_text) = 'VARCHAR' THEN message_text->>'$' END
-           END AS text,
-           CASE WHEN type = '{Kind.USER_TRANSCRIPT}'
-                 AND json_type(event_id) IN ('BIGINT', 'UBIGINT', 'VARCHAR') THEN event_id END AS event_id
-    FROM users
-    WHERE (type = '{Kind.USER_TRANSCRIPT}' AND direction = 'in')
-       OR (type = '{Kind.USER_MESSAGE}' AND direction = 'out')
-), keyed AS (
-    SELECT *,
-           CASE WHEN type = '{Kind.USER_TRANSCRIPT}' AND conversation_id IS NOT NULL AND event_id IS NOT NULL
-                THEN 'user_transcript:sha256:' || sha256(
-                    strlen(conversation_id)::VARCHAR || ':' || conversation_id
-                    || strlen(event_id->>'$')::VARCHAR || ':' || (event_id->>'$') || text)
-                ELSE type || ':seq:' || seq::VARCHAR
-           END AS dedup_key
-    FROM turns
-    WHERE text IS NOT NULL AND trim(text, {whitespace}) <> ''
-    QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY seq) = 1
-)
-SELECT row_number() OVER (ORDER BY seq) AS id,
-       dedup_key,
-       type AS kind,
-       conversation_id AS session_id,
-       user_id,
-       text,
-       received_at AS "timestamp",
-       '{{"raw_event":' || line[strpos(line, '{_EVENT_KEY}') + {len(_EVENT_KEY)} : length(line) - 1]
-           || ',"seq":' || seq::VARCHAR
-           || ',"source":' || coalesce(to_json(source)::VARCHAR, 'null')
-           || ',"event_id":' || coalesce(event_id::VARCHAR, 'null') || '}}' AS metadata,
-       to_json([source])::VARCHAR AS sources,
-       seq
-FROM keyed"""
+    user_texts = _user_texts_view(glob, name_filter)
     conversations = """CREATE OR REPLACE VIEW conversations AS
 WITH parts AS (
     -- One row per (connection, conversation id) first: the init frame a client

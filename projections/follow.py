@@ -76,7 +76,7 @@ def follow(
             if read.items or read.invalid:
                 from_seq = store.last_seq
                 # Folded in place: a refused or failed batch is undone by reload().
-                result = fold(store.state, read.items)
+                result = fold(store.state, read.items, store)
                 try:
                     inserted = store.apply(result, from_seq, read.invalid)
                 except ProjectionError as exc:

@@ -2,12 +2,12 @@
 
 Both hand the fold (:func:`projections.user_texts.fold`) one item per line:
 
-* a :class:`~ingest.envelope.LogLine` for a line that may be a user turn or
-  an init frame, fully decoded and checked (JSON, ``crc32``);
-* a ``range`` of seqs for consecutive lines whose frame type is none of
-  :data:`~projections.user_texts.RULE_TYPES`: they cannot give a row, so no
-  :class:`~ingest.envelope.LogLine` is built for them. Most of a log is such
-  lines (pings, agent text, tentative transcripts).
+* a :class:`~ingest.envelope.LogLine` for a line the rule reads (a user turn,
+  an init frame, a ``connection_closed`` record, a REST body, a transcription
+  webhook), fully decoded and checked (JSON, ``crc32``);
+* a ``range`` of seqs for consecutive lines the rule does not read: they
+  cannot give a row, so no :class:`~ingest.envelope.LogLine` is built for
+  them. Most of a log is such lines (pings, agent text, tentative transcripts).
 
 A line that does not decode is not handed on; its position (segment, byte
 offset) is reported so it is counted once. A line without its newline at the
@@ -23,18 +23,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
-from ingest.envelope import LineError, LogLine, decode_line
+from ingest.envelope import LineError, LogLine, decode_line, decode_parsed_line
 from ingest.reader import open_segment
 from ingest.segments import first_seq_of, list_segments
 
-from .user_texts import RULE_TYPES
+from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK
 
 
-__all__ = ["LineItem", "LogTail", "ScanStats", "TailRead", "classify_lines", "scan"]
+__all__ = ["LineItem", "LogTail", "ScanStats", "TailRead", "classify_lines", "may_hold_rest", "scan"]
 
 #: What the readers yield: a decoded line, or the seqs of consecutive lines the rule does not read.
 LineItem = LogLine | range
@@ -43,17 +43,32 @@ _CHUNK = 1 << 20
 # The writer puts seq first and splices the frame after `,"event":`; a frame
 # serialised with its type first (as the server and this client do) shows the
 # type right there. Header strings are JSON-escaped, so the first match is the
-# frame's own key.
+# frame's own key, and the envelope's source is between the two.
 _HEAD = re.compile(rb'\{"seq":(\d+),')
 _TYPE_AT_FRAME_START = b',"event":{"type":"'
-_RULE_TYPE_BYTES = frozenset(kind.encode() for kind in RULE_TYPES)
+# Frame types the rule may read from some source (it checks the source itself).
+_RULE_TYPE_BYTES = frozenset(kind.encode() for kinds in LIVE_RULE_TYPES.values() for kind in kinds) | {
+    TRANSCRIPTION_TYPE.encode()
+}
+_REST_SOURCE = b',"source":"' + REST.encode() + b'",'
+# Bytes without this hold no REST line (inside a JSON string a quote is escaped).
+_REST_MARK = _REST_SOURCE[1:-1]
 
 
-_DECODE = -1  # "a line of a rule type: decode it in full"
+def _wanted(envelope: dict[str, Any]) -> bool:
+    """Whether the rule reads a parsed line (see :func:`classify_lines`)."""
+    source = envelope.get("source")
+    event = envelope.get("event")
+    if source == REST or source == WEBHOOK:
+        if type(event) is dict:
+            return source == REST or event.get("type") == TRANSCRIPTION_TYPE
+        return type(envelope.get("raw")) is str  # a body not on one line: its type is inside
+    kinds = LIVE_RULE_TYPES.get(source) if type(source) is str else None
+    return kinds is not None and type(event) is dict and event.get("type") in kinds
 
 
-def _parsed(raw: bytes) -> int | None:
-    """Parse a line the fast path cannot read: its seq, ``_DECODE`` for a rule type, ``None`` if invalid."""
+def _parsed(raw: bytes) -> int | LogLine | None:
+    """Parse a line the fast path cannot read: its seq, the line if the rule reads it, ``None`` if invalid."""
     try:
         envelope = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -61,28 +76,39 @@ def _parsed(raw: bytes) -> int | None:
     seq = envelope.get("seq") if type(envelope) is dict else None
     if type(seq) is not int:  # bool and None are not seqs either
         return None
-    event = envelope.get("event")
-    if type(event) is dict:
-        return _DECODE if event.get("type") in RULE_TYPES else seq
-    return None if "event" in envelope else seq  # a raw or raw_b64 frame is never a user turn
+    if "event" in envelope and type(envelope["event"]) is not dict:
+        return None
+    if not _wanted(envelope):
+        return seq
+    try:
+        return decode_parsed_line(raw, envelope)
+    except LineError:
+        return None
 
 
-def classify_lines(raws: Sequence[bytes], after_seq: int = 0) -> tuple[list[LineItem], list[int]]:
+def classify_lines(
+    raws: Sequence[bytes], after_seq: int = 0, *, rest_possible: bool = True
+) -> tuple[list[LineItem], list[int]]:
     """Turn complete lines into what the fold needs.
 
-    A line whose frame starts with ``{"type":"…"`` (no escape in the type)
-    names a type none of :data:`~projections.user_texts.RULE_TYPES` is read
-    in place, without parsing: it gives no row either way, so it is not
-    validated beyond its seq. Every other line is parsed (orjson), and one
-    of a rule type is decoded and checked in full by
-    :func:`~ingest.envelope.decode_line`, ``crc32`` included. Consecutive
-    lines the rule does not read are handed on as one ``range`` of seqs. (A
-    frame that repeats its ``type`` key has no agreed meaning: parsers
-    differ on which value wins.)
+    The rule reads, per source: the frame types in
+    :data:`~projections.user_texts.LIVE_RULE_TYPES`; every ``rest`` line; a
+    ``webhook`` line holding a ``post_call_transcription`` (or a ``raw``
+    frame, whose type only parsing tells). A line that starts as the writer
+    writes it (``{"seq":…,``), whose frame starts with ``{"type":"…"`` (no
+    escape in the type) and that the rule does not read is classified in
+    place, without parsing: it gives no row either way, so it is not
+    validated beyond its seq. Every other line is parsed (orjson)
+    once, and one the rule reads is decoded and checked in full, ``crc32``
+    included. Consecutive lines the rule does not read are handed on as one
+    ``range`` of seqs. (A frame that repeats its ``type`` key has no agreed
+    meaning: parsers differ on which value wins.)
 
     Args:
         raws: Complete lines, with or without their newline.
         after_seq: Lines with a seq at or below it are left out.
+        rest_possible: ``False`` when the caller knows no line is a REST
+            line (:func:`may_hold_rest` of their bytes), which saves a search per line.
 
     Returns:
         The items, in order, and the indexes in ``raws`` of the lines that are
@@ -97,42 +123,63 @@ def classify_lines(raws: Sequence[bytes], after_seq: int = 0) -> tuple[list[Line
     type_key = _TYPE_AT_FRAME_START
     skip = len(type_key)
     rule_types = _RULE_TYPE_BYTES
-    decode = _DECODE
+    rest = _REST_SOURCE
     run_start = run_end = 0  # the pending run of seqs is range(run_start, run_end); empty if equal
     for index, raw in enumerate(raws):
-        seq: int | None = None
+        line: LogLine | None = None
         head = head_of(raw)
         if head:
-            at = raw.find(type_key, head.end()) + skip
+            start = head.end()
+            at = raw.find(type_key, start) + skip
             if at > skip:
                 kind = raw[at : raw.find(b'"', at)]
+                # Every REST body is read, whatever its first key.
+                if (
+                    kind not in rule_types
+                    and b"\\" not in kind
+                    and not (rest_possible and raw.find(rest, start - 1, at) >= 0)
+                ):
+                    seq = int(head[1])
+                    if seq == run_end and run_end:
+                        run_end += 1  # the common case: the next line of a run
+                    elif seq > after_seq:
+                        if run_end > run_start:
+                            keep(range(run_start, run_end))
+                        run_start, run_end = seq, seq + 1
+                    continue
                 if b"\\" not in kind:
-                    seq = decode if kind in rule_types else int(head[1])
-        if seq is None:
-            seq = _parsed(raw)
-            if seq is None:
+                    try:
+                        line = decode_line(raw)
+                    except LineError:
+                        invalid.append(index)
+                        continue
+        if line is None:  # not as the writer writes lines: parse it
+            found = _parsed(raw)
+            if found is None:
                 invalid.append(index)
                 continue
-        if seq == run_end and run_end:
-            run_end += 1  # the common case: the next line of a run
-        elif seq > after_seq:
+            if isinstance(found, int):
+                if found == run_end and run_end:
+                    run_end += 1
+                elif found > after_seq:
+                    if run_end > run_start:
+                        keep(range(run_start, run_end))
+                    run_start, run_end = found, found + 1
+                continue
+            line = found
+        if line.seq > after_seq:
             if run_end > run_start:
                 keep(range(run_start, run_end))
-            run_start, run_end = seq, seq + 1
-        elif seq == decode:
-            try:
-                line = decode_line(raw)
-            except LineError:
-                invalid.append(index)
-                continue
-            if line.seq > after_seq:
-                if run_end > run_start:
-                    keep(range(run_start, run_end))
-                run_start = run_end = 0
-                keep(line)
+            run_start = run_end = 0
+            keep(line)
     if run_end > run_start:
         keep(range(run_start, run_end))
     return items, invalid
+
+
+def may_hold_rest(data: bytes) -> bool:
+    """Whether ``data`` (one or more lines) may hold a REST line."""
+    return _REST_MARK in data
 
 
 def _offset(raws: Sequence[bytes], base: int, index: int) -> int:
@@ -174,9 +221,10 @@ def _scan_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator
         with open_segment(path) as f:
             # Whole chunks split in C: much cheaper per line than readline.
             while chunk := f.read(_CHUNK):
-                raws = (pending + chunk if pending else chunk).split(b"\n")
+                data = pending + chunk if pending else chunk
+                raws = data.split(b"\n")
                 pending = raws.pop()
-                items, invalid = classify_lines(raws, after_seq)
+                items, invalid = classify_lines(raws, after_seq, rest_possible=may_hold_rest(data))
                 stats.invalid.extend((segment_seq, _offset(raws, offset, i)) for i in invalid)
                 offset += sum(map(len, raws)) + len(raws)
                 yield items
@@ -257,9 +305,10 @@ class LogTail:
             cut = self._pending.rfind(b"\n") + 1
             if cut == 0:
                 return
-            raws = self._pending[:cut].split(b"\n")[:-1][: max_lines - len(out.items)]
+            complete = self._pending[:cut]
+            raws = complete.split(b"\n")[:-1][: max_lines - len(out.items)]
             used = sum(map(len, raws)) + len(raws)
-            items, invalid = classify_lines(raws, self._after_seq)
+            items, invalid = classify_lines(raws, self._after_seq, rest_possible=may_hold_rest(complete))
             out.items.extend(items)
             out.invalid.extend((self._segment_seq, _offset(raws, self._pending_offset, i)) for i in invalid)
             self._pending = self._pending[used:]

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -40,7 +40,7 @@ from ingest.reader import last_seq_of, open_segment
 from ingest.segments import first_seq_of, list_segments
 
 from .log_scan import ScanStats, scan
-from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, fold
+from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCounts, UserTextRow, fold
 
 
 __all__ = [
@@ -59,7 +59,9 @@ __all__ = [
 ]
 
 DEFAULT_DB_NAME = "whatsapp_storage.db"
-SCHEMA_VERSION = 1
+# 2: one row per user turn over every source (sources merged, ids = first
+# sighting's place, new keys and metadata); version-1 rows cannot be converted.
+SCHEMA_VERSION = 2
 
 #: Called after each committed batch with the seq of the last applied line.
 Progress = Callable[[int], None]
@@ -68,7 +70,15 @@ Progress = Callable[[int], None]
 LinePosition = tuple[int, int]
 
 _OUR_TABLES = frozenset(
-    {"user_texts", "projection_state", "projection_users", "projection_gaps", "projection_invalid_lines"}
+    {
+        "user_texts",
+        "projection_state",
+        "projection_users",
+        "projection_typed",
+        "projection_aliases",
+        "projection_gaps",
+        "projection_invalid_lines",
+    }
 )
 
 _SCHEMA = (
@@ -93,7 +103,16 @@ _SCHEMA = (
         skipped TEXT NOT NULL,
         updated_at TEXT
     )""",
+    # The fold's per-connection state (FoldState), for open connections only.
     "CREATE TABLE projection_users (connection_id TEXT PRIMARY KEY, user_id TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE projection_typed (
+        scope TEXT PRIMARY KEY,  -- JSON [connection id, conversation id, normalised text]
+        connection_id TEXT,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX projection_typed_connection ON projection_typed (connection_id)",
+    # Spoken keys that name a typed turn (the user_texts rule's aliases).
+    "CREATE TABLE projection_aliases (alias_key TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",
     """CREATE TABLE projection_gaps (
         after_seq INTEGER NOT NULL,
         next_seq INTEGER NOT NULL,
@@ -118,8 +137,15 @@ _INDEXES = (
 # change that SQL cannot express gets no entry: users are told to rebuild.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
-_INSERT_ROW = (
-    f"INSERT OR IGNORE INTO user_texts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# A row's id is fixed by the fold: a changed row replaces the stored one with the same id.
+_UPSERT_ROW = (
+    f"INSERT OR REPLACE INTO user_texts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_SELECT_ROWS = (
+    f"SELECT {', '.join(COLUMNS)} FROM user_texts WHERE dedup_key IN (SELECT value FROM json_each(?))"
+)
+_SELECT_ALIASES = (
+    "SELECT alias_key, key FROM projection_aliases WHERE alias_key IN (SELECT value FROM json_each(?))"
 )
 
 # Long enough to wait out a rebuild's final copy; the live projector treats a
@@ -227,9 +253,30 @@ class UserTextStore:
         try:
             row = self._conn.execute("SELECT last_seq FROM projection_state WHERE id = 1").fetchone()
             users = dict(self._conn.execute("SELECT connection_id, user_id FROM projection_users"))
+            typed: TypedCounts = {}
+            for scope, n in self._conn.execute("SELECT scope, n FROM projection_typed"):
+                connection_id, conversation_id, text = orjson.loads(scope)
+                typed.setdefault(connection_id, {})[(conversation_id, text)] = n
         except sqlite3.Error as exc:
             raise _error(self.db_path, exc) from exc
-        self.state = FoldState(int(row[0]), users)
+        self.state = FoldState(int(row[0]), users, typed)
+
+    def rows(self, keys: Collection[str]) -> Mapping[str, UserTextRow]:
+        """Return the stored rows whose ``dedup_key`` is one of ``keys`` (the fold's :class:`TableView`)."""
+        if not keys:
+            return {}
+        try:
+            found = self._conn.execute(_SELECT_ROWS, (orjson.dumps(list(keys)),)).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(self.db_path, exc) from exc
+        return {row[1]: UserTextRow(*row) for row in found}
+
+    def aliases(self, keys: Collection[str]) -> Mapping[str, str]:
+        """Return the stored aliases among ``keys`` (the fold's :class:`TableView`)."""
+        try:
+            return dict(self._conn.execute(_SELECT_ALIASES, (orjson.dumps(list(keys)),)))
+        except sqlite3.Error as exc:
+            raise _error(self.db_path, exc) from exc
 
     @property
     def last_seq(self) -> int:
@@ -246,10 +293,14 @@ class UserTextStore:
             invalid: Where the invalid lines read with the batch are; each is
                 counted once, however often it is read.
 
+        The batch must have been folded against this table at ``from_seq``
+        (its rows and aliases, as :meth:`rows` and :meth:`aliases` read them).
+
         Returns:
-            The number of rows inserted, or ``None`` if the stored position is
-            no longer ``from_seq`` (another projector moved it): nothing was
-            written, :meth:`reload` and read again.
+            How many rows the table gained (new turns less rows merged into
+            others), or ``None`` if the stored position is no longer
+            ``from_seq`` (another projector moved it): nothing was written,
+            :meth:`reload` and read again.
 
         Raises:
             ProjectionError: the database cannot be written.
@@ -265,15 +316,16 @@ class UserTextStore:
                 if stored != from_seq:
                     conn.execute("ROLLBACK")
                     return None
-                before = conn.total_changes
-                conn.executemany(_INSERT_ROW, map(tuple, result.rows))  # plain tuples bind faster
-                inserted = conn.total_changes - before
-                duplicates = len(result.rows) - inserted
-                if result.user_ids:
+                if result.deleted:
+                    conn.executemany("DELETE FROM user_texts WHERE id = ?", [(i,) for i in result.deleted])
+                conn.executemany(_UPSERT_ROW, map(tuple, result.rows))  # plain tuples bind faster
+                inserted = result.inserted - result.merged
+                if result.aliases:
                     conn.executemany(
-                        "INSERT OR REPLACE INTO projection_users (connection_id, user_id) VALUES (?, ?)",
-                        result.user_ids.items(),
+                        "INSERT OR IGNORE INTO projection_aliases (alias_key, key) VALUES (?, ?)",
+                        result.aliases.items(),
                     )
+                _store_connections(conn, result)
                 if invalid:
                     before = conn.total_changes
                     conn.executemany(
@@ -290,9 +342,6 @@ class UserTextStore:
                     )
                 skipped = Counter(orjson.loads(skipped_text))
                 skipped.update(result.skipped)
-                if duplicates:
-                    skipped[SkipReason.DUPLICATE_TURN] += duplicates
-                    result.skipped[SkipReason.DUPLICATE_TURN] += duplicates
                 conn.execute(
                     "UPDATE projection_state"
                     " SET last_seq = ?, lines = ?, rows = ?, skipped = ?, updated_at = ? WHERE id = 1",
@@ -324,6 +373,32 @@ class UserTextStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _store_connections(conn: sqlite3.Connection, result: FoldResult) -> None:
+    """Write what the batch changed of the fold's per-connection state."""
+    if result.user_ids:
+        conn.executemany(
+            "DELETE FROM projection_users WHERE connection_id = ?",
+            [(c,) for c, user_id in result.user_ids.items() if user_id is None],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO projection_users (connection_id, user_id) VALUES (?, ?)",
+            [(c, user_id) for c, user_id in result.user_ids.items() if user_id is not None],
+        )
+    if result.closed:
+        conn.executemany(
+            "DELETE FROM projection_typed WHERE connection_id = ?", [(c,) for c in result.closed]
+        )
+    if result.typed:
+        conn.executemany(
+            "INSERT OR REPLACE INTO projection_typed (scope, connection_id, n) VALUES (?, ?, ?)",
+            [
+                (orjson.dumps([connection_id, *scope]).decode(), connection_id, n)
+                for connection_id, counts in result.typed.items()
+                for scope, n in counts.items()
+            ],
+        )
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -418,7 +493,7 @@ def _apply_log(
         while True:
             from_seq = store.last_seq
             # Folded in place: a refused batch is undone by reload() below.
-            result = fold(store.state, islice(lines, batch_lines))
+            result = fold(store.state, islice(lines, batch_lines), store)
             invalid = stats.invalid[invalid_seen:]
             if result.lines == 0 and not result.skipped and not invalid:
                 break
@@ -709,11 +784,11 @@ def projection_status(data_dir: Path, db_path: Path | None = None) -> dict[str, 
 
 
 def iter_rows(db_path: Path) -> Iterator[tuple[Any, ...]]:
-    """Yield the table's rows (``id`` then :data:`~projections.user_texts.COLUMNS`) in id order."""
+    """Yield the table's rows (:data:`~projections.user_texts.COLUMNS`) in id order."""
     try:
         conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
         try:
-            yield from conn.execute(f"SELECT id, {', '.join(COLUMNS)} FROM user_texts ORDER BY id")
+            yield from conn.execute(f"SELECT {', '.join(COLUMNS)} FROM user_texts ORDER BY id")
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -1,34 +1,64 @@
-"""The user-texts rule: which log lines are user turns, and the row each one gives.
+"""The user-texts rule: which log lines hold user turns, and how sightings of one turn become one row.
 
-A pure fold over the log (no I/O): :func:`fold` takes lines in log order and
-returns the rows they produce. The SQLite store applies those rows; the DuckDB
-``user_texts`` view (:mod:`projections.duckdb_views`) states the same rule in
-SQL, built from the constants here. Tests check that both agree row for row.
+A pure fold over the log (no I/O): :func:`fold` takes lines in log order, finds
+the user turns in them (*sightings*), and merges each sighting into the row of
+its turn, asking a :class:`TableView` only for the rows and aliases the batch
+touches. The SQLite store applies the changed rows; the DuckDB ``user_texts``
+view (:mod:`projections.duckdb_views`) states the same rule in SQL, built from
+the constants here. Tests check that both agree row for row.
 
-The rule:
+**Sightings.** One per user turn a source logged:
 
-* A **user turn** is a ``user_transcript`` frame received (direction ``in``),
-  text at ``user_transcription_event.user_transcript``, or a ``user_message``
-  frame sent (direction ``out``), text at ``text``. Nothing else is projected:
-  tentative transcripts, agent text and every other frame stay in the log.
-* A turn whose text is missing or not a string is skipped as ``no_text``; one
-  whose text is empty or only :data:`WHITESPACE` is skipped as ``empty_text``.
-* **Dedup key** (``dedup_key`` is unique in the table; the first line wins):
+* ``agent_ws``: a ``user_transcript`` received (direction ``in``, text at
+  ``user_transcription_event.user_transcript``, spoken) and a ``user_message``
+  sent (direction ``out``, text at ``text``, typed);
+* ``monitor``: a ``user_transcript`` received (medium unknown: the monitor
+  socket may show typed text this way too);
+* ``rest``: each ``role: "user"`` entry of the GET-conversation body's
+  ``transcript``; ``webhook``: the same in ``data.transcript`` of a
+  ``post_call_transcription`` delivery. The body is the spliced frame, or the
+  ``raw`` frame parsed as JSON (a pretty-printed body). ``source_medium``
+  ``audio`` / ``text`` says spoken / typed; other values are unknown.
 
-  - a transcript: ``(conversation_id, "user_transcript", event_id, text)``, so
-    the same transcript received twice (a resent frame) is one row. A
-    transcript without a conversation id or without an integer or string
-    ``event_id`` cannot be proven to be a resend; it is keyed by its seq.
-  - a typed message: its seq. A user who types "yes" twice said it twice; the
-    same line applied twice is still one row.
+Nothing else is projected (tentative transcripts, agent text, other webhook
+types, ``capture`` records). A turn whose text is missing or not a string is
+skipped as ``no_text``; empty or only :data:`WHITESPACE`, as ``empty_text``.
 
-* **user_id**: the ``user_id`` of the latest ``conversation_initiation_client_data``
-  frame sent (direction ``out``) on the same connection before the turn; else
-  the frame's own top-level ``user_id``; else :data:`DEFAULT_USER_ID`. The
-  connection, not the conversation, links the two because the client sends its
-  init frame before the server announces the conversation id.
-* A line whose seq is not above the last applied one is a duplicated line and
-  is skipped as ``duplicate_line``; a jump in seq is reported as a :class:`Gap`.
+**Matching.** Texts are compared normalised (runs of :data:`WHITESPACE`
+collapsed to one space, ends trimmed). Each sighting has a key:
+
+* *spoken* ``(conversation, event id, text)``: a live transcript's
+  ``event_id``, or the ``source_event_id`` of a REST/webhook entry that is not
+  typed (the API ties one to the other);
+* *typed* ``(conversation, text, n)``: n-th typed user turn with that text in
+  the conversation, counted in the source's own order: ``agent_ws``
+  ``user_message`` lines of the connection, or ``source_medium: "text"``
+  entries of the one transcript (so every copy of a body gives the same keys);
+* *entry* ``(conversation, source_medium, text, n)``: a REST/webhook entry
+  that is neither typed nor carries an id, n counted in its transcript;
+* *line*: a sighting without a conversation id, or a live transcript without
+  an ``event_id``, is its own row (keyed by seq and entry index).
+
+A typed REST/webhook entry that also has a ``source_event_id`` makes its spoken
+key an *alias* of its typed key (the first such entry in the log wins), so a
+monitor transcript of that turn lands in the typed row too. A row holds every
+sighting with the same key, through aliases: ``sources`` is the sorted set of
+their sources; ``timestamp`` the earliest of their times (a live line's
+``received_at``; for REST/webhook ``metadata.start_time_unix_secs +
+time_in_call_secs`` when both are numbers, else the line's ``received_at``);
+``kind`` follows the medium of the first sighting that knows it (``text`` →
+``user_message``, else ``user_transcript``); ``user_id`` is the first one a
+sighting knows, else :data:`DEFAULT_USER_ID`; ``id``, ``text``, ``session_id``,
+``seq`` and the head of ``metadata`` come from the first sighting in log order.
+
+**user_id of a sighting**: live, the ``user_id`` of the latest
+``conversation_initiation_client_data`` sent on the same connection (since its
+last ``connection_closed`` record), else the frame's own ``user_id``; REST and
+webhook, the body's ``user_id``, else its
+``conversation_initiation_client_data.user_id``.
+
+A line whose seq is not above the last applied one is skipped as
+``duplicate_line``; a jump in seq is reported as a :class:`Gap`.
 
 """
 
@@ -37,39 +67,67 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import math
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from ingest.envelope import LogLine
+from ingest.envelope import LogLine, format_epoch_ns
 
 
 __all__ = [
+    "AGENT_WS",
+    "CAPTURE",
+    "CLOSED_TYPE",
     "COLUMNS",
     "DEFAULT_USER_ID",
+    "ENTRY_SLOTS",
     "INIT_TYPE",
-    "RULE_TYPES",
+    "LIVE_RULE_TYPES",
+    "MAX_EPOCH_US",
+    "MAX_OFFSET_SECS",
+    "MAX_START_SECS",
+    "MONITOR",
+    "REST",
+    "TRANSCRIPTION_TYPE",
+    "WEBHOOK",
     "WHITESPACE",
     "FoldResult",
     "FoldState",
     "Gap",
     "Kind",
+    "Medium",
     "SkipReason",
+    "TableView",
+    "TypedCounts",
     "UserTextRow",
+    "entry_key",
     "fold",
     "is_blank",
-    "message_key",
-    "transcript_key",
+    "line_key",
+    "normalize",
+    "spoken_key",
+    "turn_time",
+    "typed_key",
 ]
 
 DEFAULT_USER_ID = "eleven_user"
 INIT_TYPE = "conversation_initiation_client_data"
+CLOSED_TYPE = "connection_closed"
+TRANSCRIPTION_TYPE = "post_call_transcription"
+
+AGENT_WS = "agent_ws"
+MONITOR = "monitor"
+REST = "rest"
+WEBHOOK = "webhook"
+CAPTURE = "capture"
 
 # Python's str.isspace() set plus the invisible zero-width characters, spelled
-# out so that SQL (DuckDB's trim) can be given exactly the same set.
+# out so that SQL (DuckDB's trim and regexp_replace) can be given exactly the same set.
 WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
     "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
@@ -77,29 +135,63 @@ WHITESPACE = (
     "\u200b\u200c\u200d\u2060\ufeff"
 )
 
-#: The columns of a row, in table order (the SQLite table adds ``id`` first).
-COLUMNS = ("dedup_key", "kind", "session_id", "user_id", "text", "timestamp", "metadata", "sources", "seq")
+#: A sighting's place in the log is ``seq * ENTRY_SLOTS + entry index`` (0 for
+#: a live frame); a row's ``id`` is the place of its first sighting. Entries
+#: past this index are not projected.
+ENTRY_SLOTS = 1_000_000
+
+#: The columns of a row, in table order.
+COLUMNS = (
+    "id",
+    "dedup_key",
+    "kind",
+    "session_id",
+    "user_id",
+    "text",
+    "timestamp",
+    "metadata",
+    "sources",
+    "seq",
+)
+
+#: Per live source, the frame types the rule reads (with the direction it needs).
+LIVE_RULE_TYPES: Mapping[str, Mapping[str, str]] = {
+    AGENT_WS: {INIT_TYPE: "out", "user_transcript": "in", "user_message": "out"},
+    MONITOR: {"user_transcript": "in"},
+    CAPTURE: {CLOSED_TYPE: "in"},
+}
+
+_SPACES = re.compile("[" + "".join(re.escape(c) for c in WHITESPACE) + "]+")
+_SIGHTINGS_KEY = ',"sightings":'
+#: Bounds of a usable REST/webhook turn time (:func:`turn_time`): a call start
+#: up to 9999-12-31T23:59:59Z, an offset up to about 31 years, their sum in microseconds.
+MAX_START_SECS = 253_402_300_799
+MAX_OFFSET_SECS = 1e9
+MAX_EPOCH_US = 253_402_300_799_999_999
 
 
 class Kind(enum.StrEnum):
     """The two kinds of user turn."""
 
-    USER_TRANSCRIPT = "user_transcript"  # final speech-to-text, received
-    USER_MESSAGE = "user_message"  # typed text, sent by this client
+    USER_TRANSCRIPT = "user_transcript"  # spoken (or medium unknown)
+    USER_MESSAGE = "user_message"  # typed
 
 
-#: The frame types the rule reads; a line of any other type gives no row and changes no state.
-RULE_TYPES = frozenset({INIT_TYPE, Kind.USER_TRANSCRIPT.value, Kind.USER_MESSAGE.value})
+class Medium(enum.StrEnum):
+    """The media a sighting can know its turn had (REST's ``source_medium``)."""
+
+    AUDIO = "audio"
+    TEXT = "text"
 
 
 class SkipReason(enum.StrEnum):
-    """Why a line that could have been a row is not one."""
+    """Why a line or sighting that could have given a row does not give a new one."""
 
     INVALID_LINE = "invalid_line"  # a complete line that is not a valid envelope (counted by the reader)
     DUPLICATE_LINE = "duplicate_line"  # seq at or below the last applied line
     NO_TEXT = "no_text"  # a user turn whose text is missing or not a string
     EMPTY_TEXT = "empty_text"  # a user turn whose text is empty or whitespace
-    DUPLICATE_TURN = "duplicate_turn"  # its dedup key is already in the table (counted by the store)
+    DUPLICATE_TURN = "duplicate_turn"  # another sighting of a turn already in the table (merged into its row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +213,24 @@ class UserTextRow(NamedTuple):
     """One user turn, shaped as a table row: its values in :data:`COLUMNS` order.
 
     Attributes:
-        dedup_key: Unique per user turn, see the module docstring.
+        id: Place of the first sighting in the log (``seq * ENTRY_SLOTS + entry``).
+        dedup_key: The turn's key (see the module docstring); unique.
         kind: A :class:`Kind` value.
-        session_id: The conversation id (``None`` if the line had none).
+        session_id: The conversation id (``None`` if the first sighting had none).
         user_id: Who spoke, see the module docstring.
-        text: The text exactly as in the frame (not stripped).
-        timestamp: The line's ``received_at`` (UTC, RFC 3339 with microseconds).
-        metadata: JSON text: ``raw_event`` (the frame exactly as logged), ``seq``,
-            ``source`` and ``event_id`` (``null`` for typed messages).
-        sources: JSON array text of the sources that saw the turn, e.g. ``["agent_ws"]``.
-        seq: The seq of the line the row comes from.
+        text: The first sighting's text exactly as logged (not normalised).
+        timestamp: The earliest sighting time (UTC, RFC 3339 with microseconds).
+        metadata: JSON text: ``raw_event`` (the first sighting's live frame
+            exactly as logged; ``null`` when it was a REST/webhook entry,
+            which ``seq`` and ``entry`` locate), ``seq``, ``source``,
+            ``event_id``, ``entry``, and ``sightings``: ``[source, seq,
+            entry, medium, user_id]`` per sighting, in log order.
+        sources: JSON array text of the sources that saw the turn, sorted.
+        seq: The seq of the first sighting's line.
 
     """
 
+    id: int
     dedup_key: str
     kind: str
     session_id: str | None
@@ -145,21 +242,42 @@ class UserTextRow(NamedTuple):
     seq: int
 
 
+class TableView(Protocol):
+    """What the fold reads from the table: the current rows and aliases for some keys."""
+
+    def aliases(self, keys: Collection[str]) -> Mapping[str, str]:
+        """Return ``{spoken key: typed key}`` for those of ``keys`` that are aliases."""
+        ...
+
+    def rows(self, keys: Collection[str]) -> Mapping[str, UserTextRow]:
+        """Return the rows whose ``dedup_key`` is one of ``keys``."""
+        ...
+
+
+# Connection id -> (conversation id, normalised text) -> typed turns counted so far.
+TypedCounts = dict[str | None, dict[tuple[str, str], int]]
+
+
 @dataclass
 class FoldState:
     """What the fold remembers between lines; persist it with the rows.
 
+    Per connection, until its ``connection_closed`` record (so it stays as
+    small as the number of open connections).
+
     Attributes:
         last_seq: The seq of the last applied line (0 before the first).
-        user_ids: ``user_id`` of the init frame seen per connection id.
+        user_ids: ``user_id`` of the latest init frame per connection id.
+        typed: Typed ``agent_ws`` turns counted per connection, conversation and text.
 
     """
 
     last_seq: int = 0
     user_ids: dict[str, str] = field(default_factory=dict)
+    typed: TypedCounts = field(default_factory=dict)
 
     def copy(self) -> FoldState:
-        return FoldState(self.last_seq, dict(self.user_ids))
+        return FoldState(self.last_seq, dict(self.user_ids), {c: dict(n) for c, n in self.typed.items()})
 
 
 @dataclass
@@ -167,9 +285,14 @@ class FoldResult:
     """What one :func:`fold` call produced.
 
     Attributes:
-        rows: The rows, in log order; duplicates by ``dedup_key`` are kept
-            (the table keeps the first, so a key may already be stored).
-        user_ids: Connection ids whose ``user_id`` was learnt in this call.
+        rows: Every row created or changed, with its final values.
+        deleted: Ids of stored rows merged into another row (an alias arrived).
+        aliases: New aliases, spoken key -> typed key.
+        user_ids: Connection ids whose ``user_id`` changed; ``None``: forgotten.
+        typed: Per connection, the typed counts that changed.
+        closed: Connections whose state was forgotten (before ``typed`` applies).
+        inserted: Rows created (some may be in ``deleted``'s count too).
+        merged: Rows merged away.
         skipped: Count per :class:`SkipReason` value.
         gaps: Jumps in seq seen.
         lines: Lines applied (valid and not duplicated).
@@ -178,7 +301,13 @@ class FoldResult:
     """
 
     rows: list[UserTextRow] = field(default_factory=list)
-    user_ids: dict[str, str] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    user_ids: dict[str, str | None] = field(default_factory=dict)
+    typed: TypedCounts = field(default_factory=dict)
+    closed: set[str] = field(default_factory=set)
+    inserted: int = 0
+    merged: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     gaps: list[Gap] = field(default_factory=list)
     lines: int = 0
@@ -190,27 +319,61 @@ def is_blank(text: str) -> bool:
     return not text.strip(WHITESPACE)
 
 
-def transcript_key(conversation_id: str, event_id: str, text: str) -> str:
-    """Return the dedup key of a transcript that carries a conversation and an event id.
+def normalize(text: str) -> str:
+    """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed."""
+    if text.isascii():  # str.split() splits on exactly the ASCII part of WHITESPACE, and faster
+        return " ".join(text.split())
+    return _SPACES.sub(" ", text.strip(WHITESPACE))
 
-    The parts are length-prefixed (in UTF-8 bytes) before hashing, so no choice
-    of ids and text can make two different triples collide by concatenation.
+
+def _digest(parts: list[str]) -> str:
+    # The parts as a JSON array: no choice of values can make two different
+    # lists collide, and DuckDB's to_json writes the same bytes.
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
+
+
+def spoken_key(conversation_id: str, event_id: str, text: str) -> str:
+    """Key of a turn known by its event id (``text`` normalised)."""
+    return "spoken:" + _digest([conversation_id, event_id, text])
+
+
+def typed_key(conversation_id: str, text: str, occurrence: int) -> str:
+    """Key of the ``occurrence``-th typed turn with ``text`` (normalised) in a conversation."""
+    return "typed:" + _digest([conversation_id, text, str(occurrence)])
+
+
+def entry_key(conversation_id: str, medium: str, text: str, occurrence: int) -> str:
+    """Key of a REST/webhook entry without an id or a typed medium."""
+    return "entry:" + _digest([conversation_id, medium, text, str(occurrence)])
+
+
+def line_key(seq: int, entry: int | None = None) -> str:
+    """Key of a sighting that is its own row."""
+    return f"seq:{seq}" if entry is None else f"seq:{seq}:{entry}"
+
+
+def turn_time(start: Any, offset: Any) -> str | None:
+    """Return ``start + offset`` seconds as a timestamp, or ``None`` if either is not a usable number.
+
+    Both are rounded to microseconds on their own (half up), so SQL can do the
+    same arithmetic in doubles.
     """
-    material = f"{_utf8_len(conversation_id)}:{conversation_id}{_utf8_len(event_id)}:{event_id}{text}"
-    return "user_transcript:sha256:" + hashlib.sha256(material.encode("utf-8")).hexdigest()
-
-
-def message_key(kind: str, seq: int) -> str:
-    """Return the dedup key of a turn that is its own row (a typed message, an unkeyable transcript)."""
-    return f"{kind}:seq:{seq}"
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8"))
+    if type(start) not in (int, float) or type(offset) not in (int, float):
+        return None
+    if not (0 <= start <= MAX_START_SECS and 0 <= offset <= MAX_OFFSET_SECS):
+        return None  # NaN fails too
+    micros = math.floor(float(start) * 1e6 + 0.5) + math.floor(float(offset) * 1e6 + 0.5)
+    if micros > MAX_EPOCH_US:
+        return None
+    return format_epoch_ns(micros * 1000)
 
 
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _nonempty(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _event_id(value: Any) -> int | str | None:
@@ -219,73 +382,363 @@ def _event_id(value: Any) -> int | str | None:
     return value if isinstance(value, int | str) else None
 
 
+# Plain strings for the hot path (an enum member's .value is a descriptor call).
+_AUDIO, _TEXT = Medium.AUDIO.value, Medium.TEXT.value
+_MESSAGE, _TRANSCRIPT = Kind.USER_MESSAGE.value, Kind.USER_TRANSCRIPT.value
+
+
 @functools.lru_cache(maxsize=64)  # a log has a handful of sources
-def _source_json(source: str | None) -> tuple[bytes, str]:
-    """Return ``source`` as JSON and the ``sources`` array text."""
+def _source_json(source: str) -> tuple[bytes, str]:
+    """Return ``source`` as JSON and the one-source ``sources`` array text."""
     return orjson.dumps(source), orjson.dumps([source]).decode()
 
 
-def _turn(
-    line: LogLine, event: dict[str, Any], kind: str, user_ids: dict[str, str]
-) -> UserTextRow | SkipReason:
-    envelope = line.envelope
-    event_id: int | str | None = None
-    if kind == Kind.USER_TRANSCRIPT:
-        inner = event.get("user_transcription_event")
-        if not isinstance(inner, dict):
-            return SkipReason.NO_TEXT
-        text = inner.get("user_transcript")
-        event_id = _event_id(inner.get("event_id"))
-    else:
-        text = event.get("text")
-    if not isinstance(text, str):
-        return SkipReason.NO_TEXT
-    if is_blank(text):
-        return SkipReason.EMPTY_TEXT
-    conversation_id = _string(envelope.get("conversation_id"))
-    connection_id = envelope.get("connection_id")
-    source_json, sources = _source_json(_string(envelope.get("source")))
-    if kind == Kind.USER_TRANSCRIPT and conversation_id is not None and event_id is not None:
-        key = transcript_key(conversation_id, str(event_id), text)
-    else:
-        key = message_key(kind, line.seq)
-    user_id = (
-        (user_ids.get(connection_id) if isinstance(connection_id, str) else None)
-        or _string(event.get("user_id"))
-        or DEFAULT_USER_ID
-    )
-    # Spliced by hand so that raw_event keeps the frame's bytes exactly.
-    metadata = b'{"raw_event":%b,"seq":%d,"source":%b,"event_id":%b}' % (
-        line.frame,
-        line.seq,
-        source_json,
-        orjson.dumps(event_id),
-    )
-    return UserTextRow(
-        key,
-        kind,
-        conversation_id,
-        user_id,
-        text,
-        str(envelope.get("received_at")),
-        metadata.decode("utf-8"),
-        sources,
-        line.seq,
-    )
+class Sighting(NamedTuple):
+    """One user turn as one source logged it.
+
+    Attributes:
+        row: The row it would be on its own: ``id`` is its place in the log
+            (``seq * ENTRY_SLOTS + entry``), ``dedup_key`` its own key, and
+            ``metadata`` lists it as the only sighting.
+        spoken: ``dedup_key`` is a spoken key, to look up through the aliases.
+        alias: For a typed REST/webhook entry with an id: its spoken key.
+
+    """
+
+    row: UserTextRow
+    spoken: bool
+    alias: str | None
 
 
-def fold(state: FoldState, lines: Iterable[LogLine | range]) -> FoldResult:
-    """Apply ``lines`` (in log order) to ``state`` and return the rows they give.
+_MEDIUM_JSON = {None: b"null", _AUDIO: b'"audio"', _TEXT: b'"text"'}
 
-    Consecutive lines whose frame type the caller knows is not one of
-    :data:`RULE_TYPES` may be given as the ``range`` of their seqs: they give
-    no row but move the position and show gaps. ``state`` is advanced in
-    place; keep a :meth:`FoldState.copy` if the result may not be stored.
-    Folding a log in one call or in any number of batches gives the same rows.
+# A named tuple's own constructor is a Python function; tuple.__new__ (what
+# its _make uses) is not, and the fold builds two per user turn.
+_new_row: Callable[[tuple[Any, ...]], UserTextRow] = functools.partial(tuple.__new__, UserTextRow)
+_new_sighting: Callable[[tuple[UserTextRow, bool, str | None]], Sighting] = functools.partial(
+    tuple.__new__, Sighting
+)
+
+
+def _metadata(
+    raw_event: bytes,
+    seq: int,
+    source: bytes,
+    event_id: Any,
+    entry: int | None,
+    medium: str | None,
+    user_id: str | None,
+) -> str:
+    """The metadata of a one-sighting row, spliced by hand so that raw_event keeps the frame's bytes."""
+    index = b"null" if entry is None else b"%d" % entry
+    return (
+        b'{"raw_event":%b,"seq":%d,"source":%b,"event_id":%b,"entry":%b,"sightings":[[%b,%d,%b,%b,%b]]}'
+        % (raw_event, seq, source, orjson.dumps(event_id), index, source, seq, index, _MEDIUM_JSON[medium],
+           orjson.dumps(user_id))
+    ).decode("utf-8")  # fmt: skip
+
+
+def _place(record: list[Any]) -> tuple[int, int]:
+    return record[1], record[2] or 0
+
+
+class _Row:
+    """A row holding several sightings: the first one's fields, the earliest time, every sighting."""
+
+    __slots__ = ("head", "id", "key", "records", "seq", "session_id", "text", "timestamp")
+
+    def __init__(self, row: UserTextRow) -> None:
+        cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
+        self.head = row.metadata[:cut]
+        self.records: list[list[Any]] = orjson.loads(row.metadata[cut:-1])
+        self.id = row.id
+        self.key = row.dedup_key
+        self.session_id = row.session_id
+        self.text = row.text
+        self.timestamp = row.timestamp
+        self.seq = row.seq
+
+    def add(self, later: _Row | UserTextRow) -> None:
+        """Take in the sightings of a row whose first sighting comes after this row's."""
+        if not isinstance(later, _Row):
+            later = _Row(later)
+        if later.records[0][1] > self.records[-1][1]:
+            self.records.extend(later.records)  # the usual case: a new line's sighting
+        else:
+            self.records = sorted(self.records + later.records, key=_place)
+        self.timestamp = min(self.timestamp, later.timestamp)
+
+    def value(self) -> UserTextRow:
+        records = self.records
+        medium = next((r[3] for r in records if r[3] is not None), None)
+        return UserTextRow(
+            self.id,
+            self.key,
+            _MESSAGE if medium == _TEXT else _TRANSCRIPT,
+            self.session_id,
+            next((r[4] for r in records if r[4] is not None), DEFAULT_USER_ID),
+            self.text,
+            self.timestamp,
+            self.head + orjson.dumps(records).decode() + "}",
+            orjson.dumps(sorted({r[0] for r in records})).decode(),
+            self.seq,
+        )
+
+
+class _Extractor:
+    """Phase one of a fold: lines to sightings, advancing the per-connection state."""
+
+    def __init__(self, state: FoldState, result: FoldResult) -> None:
+        self.state = state
+        self.result = result
+        self.sightings: list[Sighting] = []
+
+    def text_of(self, value: Any) -> str | None:
+        """The text of a candidate turn, or ``None`` after counting why it has none."""
+        if not isinstance(value, str):
+            self.result.skipped[SkipReason.NO_TEXT] += 1
+            return None
+        if not value.strip(WHITESPACE):
+            self.result.skipped[SkipReason.EMPTY_TEXT] += 1
+            return None
+        return value
+
+    def close(self, connection_id: Any) -> None:
+        if not isinstance(connection_id, str):
+            return
+        state, result = self.state, self.result
+        if state.user_ids.pop(connection_id, None) is not None:
+            result.user_ids[connection_id] = None
+        if state.typed.pop(connection_id, None) is not None:
+            result.typed.pop(connection_id, None)
+            result.closed.add(connection_id)
+
+    def init(self, envelope: dict[str, Any], event: dict[str, Any]) -> None:
+        connection_id = _string(envelope.get("connection_id"))
+        user_id = _nonempty(event.get("user_id"))
+        if connection_id is not None and user_id is not None:
+            self.state.user_ids[connection_id] = user_id
+            self.result.user_ids[connection_id] = user_id
+
+    def live(self, line: LogLine, event: dict[str, Any], source: str, typed: bool) -> None:
+        envelope = line.envelope
+        event_id: int | str | None = None
+        if typed:
+            text = self.text_of(event.get("text"))
+        else:
+            inner = event.get("user_transcription_event")
+            if not isinstance(inner, dict):
+                self.result.skipped[SkipReason.NO_TEXT] += 1
+                return
+            text = self.text_of(inner.get("user_transcript"))
+            event_id = _event_id(inner.get("event_id"))
+        if text is None:
+            return
+        seq = line.seq
+        conversation_id = _string(envelope.get("conversation_id"))
+        connection_id = _string(envelope.get("connection_id"))
+        spoken = False
+        if conversation_id is None:
+            key = line_key(seq)
+        elif typed:
+            scope = (conversation_id, normalize(text))
+            counts = self.state.typed.setdefault(connection_id, {})
+            counts[scope] = occurrence = counts.get(scope, 0) + 1
+            self.result.typed.setdefault(connection_id, {})[scope] = occurrence
+            key = typed_key(conversation_id, scope[1], occurrence)
+        elif event_id is not None:
+            key, spoken = spoken_key(conversation_id, str(event_id), normalize(text)), True
+        else:
+            key = line_key(seq)
+        user_id = (
+            self.state.user_ids.get(connection_id) if connection_id is not None else None
+        ) or _nonempty(event.get("user_id"))
+        medium = _TEXT if typed else _AUDIO if source == AGENT_WS else None
+        source_json, sources = _source_json(source)
+        row = _new_row(
+            (
+                seq * ENTRY_SLOTS,
+                key,
+                _MESSAGE if typed else _TRANSCRIPT,
+                conversation_id,
+                user_id or DEFAULT_USER_ID,
+                text,
+                line.received_at,
+                _metadata(line.frame, seq, source_json, event_id, None, medium, user_id),
+                sources,
+                seq,
+            )
+        )
+        self.sightings.append(_new_sighting((row, spoken, None)))
+
+    def body(self, line: LogLine, body: dict[str, Any], source: str) -> None:
+        """The user entries of a GET-conversation body (REST, or a webhook's ``data``)."""
+        transcript = body.get("transcript")
+        if not isinstance(transcript, list):
+            return
+        seq = line.seq
+        conversation_id = _string(body.get("conversation_id"))
+        if conversation_id is None:
+            conversation_id = line.conversation_id
+        metadata = body.get("metadata")
+        start = metadata.get("start_time_unix_secs") if isinstance(metadata, dict) else None
+        init = body.get("conversation_initiation_client_data")
+        user_id = _nonempty(body.get("user_id")) or (
+            _nonempty(init.get("user_id")) if isinstance(init, dict) else None
+        )
+        source_json, sources = _source_json(source)
+        typed: Counter[str] = Counter()  # per normalised text
+        other: Counter[tuple[str, str]] = Counter()  # per (medium, normalised text)
+        for index, entry in enumerate(transcript[:ENTRY_SLOTS]):
+            if not isinstance(entry, dict) or entry.get("role") != "user":
+                continue
+            text = self.text_of(entry.get("message"))
+            if text is None:
+                continue
+            raw_medium = _string(entry.get("source_medium"))
+            medium = raw_medium if raw_medium in (_AUDIO, _TEXT) else None
+            event_id = _event_id(entry.get("source_event_id"))
+            spoken, alias = False, None
+            if conversation_id is None:
+                key = line_key(seq, index)
+            else:
+                normal = normalize(text)
+                if medium == _TEXT:
+                    typed[normal] += 1
+                    key = typed_key(conversation_id, normal, typed[normal])
+                    if event_id is not None:
+                        alias = spoken_key(conversation_id, str(event_id), normal)
+                elif event_id is not None:
+                    key, spoken = spoken_key(conversation_id, str(event_id), normal), True
+                else:
+                    scope = (raw_medium or "", normal)
+                    other[scope] += 1
+                    key = entry_key(conversation_id, scope[0], normal, other[scope])
+            row = _new_row(
+                (
+                    seq * ENTRY_SLOTS + index,
+                    key,
+                    _MESSAGE if medium == _TEXT else _TRANSCRIPT,
+                    conversation_id,
+                    user_id or DEFAULT_USER_ID,
+                    text,
+                    turn_time(start, entry.get("time_in_call_secs")) or line.received_at,
+                    _metadata(b"null", seq, source_json, event_id, index, medium, user_id),
+                    sources,
+                    seq,
+                )
+            )
+            self.sightings.append(_new_sighting((row, spoken, alias)))
+
+    def line(self, line: LogLine) -> None:
+        source = line.envelope.get("source")
+        if source == REST or source == WEBHOOK:
+            body = line.event
+            if body is None and isinstance(line.envelope.get("raw"), str):
+                body = _parsed_frame(line.frame)  # not on one line, e.g. pretty-printed
+            if body is None:
+                return
+            if source == WEBHOOK:
+                if body.get("type") != TRANSCRIPTION_TYPE:
+                    return
+                data = body.get("data")
+                if isinstance(data, dict):
+                    self.body(line, data, source)
+            else:
+                self.body(line, body, source)
+            return
+        event = line.event
+        if event is None or not isinstance(source, str):
+            return
+        kind = event.get("type")
+        wanted = LIVE_RULE_TYPES.get(source)
+        if wanted is None or not isinstance(kind, str) or wanted.get(kind) != line.envelope.get("direction"):
+            return
+        if kind == INIT_TYPE:
+            self.init(line.envelope, event)
+        elif kind == CLOSED_TYPE:
+            self.close(line.envelope.get("connection_id"))
+        else:
+            self.live(line, event, source, typed=kind == _MESSAGE)
+
+
+def _parsed_frame(frame: bytes) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> None:
+    """Phase two of a fold: each sighting into its row, in log order."""
+    spoken = {s.row.dedup_key for s in sightings if s.spoken}
+    spoken.update(s.alias for s in sightings if s.alias is not None)
+    aliases = dict(table.aliases(spoken)) if spoken else {}
+    wanted = {s.row.dedup_key for s in sightings if not s.row.dedup_key.startswith("seq:")}
+    wanted.update(aliases.values())
+    wanted.update(s.alias for s in sightings if s.alias is not None)
+    stored = table.rows(wanted) if wanted else {}
+    # Per key: the row so far (as stored, as first seen, or merged), or None once moved away.
+    rows: dict[str, UserTextRow | _Row | None] = {}
+    changed: dict[int, UserTextRow | _Row] = {}
+    deleted: set[int] = set()
+
+    def merged_at(key: str) -> _Row | None:
+        row = rows[key] if key in rows else stored.get(key)
+        if isinstance(row, UserTextRow):
+            row = _Row(row)
+        rows[key] = row
+        return row
+
+    for row, is_spoken, alias in sightings:
+        key = row.dedup_key
+        if alias is not None and alias not in aliases:
+            aliases[alias] = result.aliases[alias] = key
+            orphan = merged_at(alias)
+            if orphan is not None:
+                # Sightings of this turn made before its alias was known: move them in.
+                rows[alias] = None
+                target = merged_at(key)
+                if target is not None:
+                    keep, drop = (target, orphan) if target.id < orphan.id else (orphan, target)
+                    keep.add(drop)
+                    deleted.add(drop.id)
+                    changed.pop(drop.id, None)
+                    result.merged += 1
+                    orphan = keep
+                orphan.key = key
+                rows[key] = changed[orphan.id] = orphan
+        if is_spoken:
+            key = aliases.get(key, key)
+        current = rows.get(key)
+        if current is None and key not in rows:
+            current = stored.get(key)
+        if current is None:
+            rows[key] = changed[row.id] = row if key == row.dedup_key else row._replace(dedup_key=key)
+            result.inserted += 1
+            continue
+        if isinstance(current, UserTextRow):
+            current = rows[key] = _Row(current)
+        current.add(row)
+        changed[current.id] = current
+        result.skipped[SkipReason.DUPLICATE_TURN] += 1
+    result.rows.extend(row if isinstance(row, UserTextRow) else row.value() for row in changed.values())
+    result.deleted.extend(sorted(deleted))
+
+
+def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -> FoldResult:
+    """Apply ``lines`` (in log order) to ``state`` and return the rows they create or change.
+
+    Consecutive lines whose frame the caller knows the rule does not read may
+    be given as the ``range`` of their seqs: they give no row but move the
+    position and show gaps. ``state`` is advanced in place; keep a
+    :meth:`FoldState.copy` if the result may not be stored. ``table`` must
+    hold what every earlier batch produced. Folding a log in one call or in
+    any number of batches gives the same table.
     """
     result = FoldResult(last_seq=state.last_seq)
-    user_ids = state.user_ids
-    rows = result.rows
+    extractor = _Extractor(state, result)
     last_seq = state.last_seq
     applied = 0
     for line in lines:
@@ -309,26 +762,9 @@ def fold(state: FoldState, lines: Iterable[LogLine | range]) -> FoldResult:
             result.gaps.append(Gap(last_seq, seq))
         last_seq = seq
         applied += 1
-        event = line.event
-        if event is None:
-            continue
-        kind = event.get("type")
-        direction = line.envelope.get("direction")
-        if kind == INIT_TYPE and direction == "out":
-            connection_id = _string(line.envelope.get("connection_id"))
-            user_id = _string(event.get("user_id"))
-            if connection_id is not None and user_id:
-                user_ids[connection_id] = user_id
-                result.user_ids[connection_id] = user_id
-            continue
-        if (kind == Kind.USER_TRANSCRIPT and direction == "in") or (
-            kind == Kind.USER_MESSAGE and direction == "out"
-        ):
-            outcome = _turn(line, event, kind, user_ids)
-            if isinstance(outcome, SkipReason):
-                result.skipped[outcome] += 1
-            else:
-                rows.append(outcome)
+        extractor.line(line)
     state.last_seq = result.last_seq = last_seq
     result.lines = applied
+    if extractor.sightings:
+        _merge(extractor.sightings, table, result)
     return result
