@@ -1,8 +1,8 @@
 """The live projector's process: tail the log, apply each new batch to SQLite.
 
 Started by :func:`projections.live.start_live_projection` as
-``python -m projections.follow --data-dir D --db F``. It runs at a lower CPU
-priority than ``capture ingest`` and shares nothing with it but the files: it
+``python -m projections.follow --data-dir D --db F [--niceness N]``. It runs at
+a lower CPU priority than ``capture ingest`` and shares nothing with it but the files: it
 reads the segments (no lock taken) and writes the database under SQLite's own
 locking. It stops when its stdin closes (the parent asked, or died), after
 applying everything the log holds by then.
@@ -120,18 +120,30 @@ def _stdin_closed() -> Callable[[], bool]:
     return closed.is_set
 
 
+def _lower_priority(niceness: int | None) -> None:
+    """Run nicer than ``capture ingest``, so that its receive path keeps priority under a burst."""
+    if not hasattr(os, "setpriority"):
+        return  # Windows: the parent starts us BELOW_NORMAL
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    target = min(19, current + 5) if niceness is None else niceness
+    if target > current:  # never raise it (that needs privileges anyway)
+        os.setpriority(os.PRIO_PROCESS, 0, target)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the follower; exit status 0 when stopped, 1 (one line on stderr) on an error."""
     parser = argparse.ArgumentParser(prog="python -m projections.follow")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL)
+    parser.add_argument(
+        "--niceness", type=int, default=None, help="POSIX niceness to run at (default: 5 more than now)"
+    )
     args = parser.parse_args(argv)
     # The terminal's Ctrl-C reaches the whole process group; the parent stops
     # us through stdin once its log is closed, so everything gets applied.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(os, "nice"):
-        os.nice(5)  # ingest's receive path keeps priority under a burst
+    _lower_priority(args.niceness)
     try:
         follow(args.data_dir, args.db, _stdin_closed(), poll_interval=args.poll_interval)
     except CaptureError as exc:

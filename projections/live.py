@@ -29,6 +29,7 @@ from .sqlite_store import UserTextStore, default_db_path, projection_status
 
 
 __all__ = [
+    "NICENESS_STEP",
     "LiveProjection",
     "live_projection_sidecar",
     "projection_status",
@@ -38,6 +39,9 @@ __all__ = [
 log = logging.getLogger("capture.projection")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+#: How much nicer than ``capture ingest`` the follower runs on POSIX (19 is the floor).
+NICENESS_STEP = 5
 
 
 class LiveProjection:
@@ -122,7 +126,15 @@ def start_live_projection(
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, creationflags=flags)
     else:
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS_STEP)
+        argv += ["--niceness", str(niceness)]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, start_new_session=True)
+        # At once, so that its start-up (imports, catching up) already yields to a
+        # burst; the follower sets the same value itself should this lose a race.
+        try:
+            os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
+        except OSError:
+            pass
     return LiveProjection(process, data_dir, db_path)
 
 

@@ -125,11 +125,17 @@ def classify_lines(
     rule_types = _RULE_TYPE_BYTES
     rest = _REST_SOURCE
     run_start = run_end = 0  # the pending run of seqs is range(run_start, run_end); empty if equal
+    expected = -1  # the seq of the next line when the log goes on without a gap
     for index, raw in enumerate(raws):
         line: LogLine | None = None
-        head = head_of(raw)
-        if head:
-            start = head.end()
+        # Cheaper than the regex and int(): the usual next line starts with the next seq.
+        prefix = b'{"seq":%d,' % expected
+        if raw.startswith(prefix):
+            seq, start = expected, len(prefix)
+        else:
+            head = head_of(raw)
+            seq, start = (int(head[1]), head.end()) if head else (0, -1)
+        if start >= 0:
             at = raw.find(type_key, start) + skip
             if at > skip:
                 kind = raw[at : raw.find(b'"', at)]
@@ -139,7 +145,7 @@ def classify_lines(
                     and b"\\" not in kind
                     and not (rest_possible and raw.find(rest, start - 1, at) >= 0)
                 ):
-                    seq = int(head[1])
+                    expected = seq + 1
                     if seq == run_end and run_end:
                         run_end += 1  # the common case: the next line of a run
                     elif seq > after_seq:
@@ -159,6 +165,7 @@ def classify_lines(
                 invalid.append(index)
                 continue
             if isinstance(found, int):
+                expected = found + 1
                 if found == run_end and run_end:
                     run_end += 1
                 elif found > after_seq:
@@ -167,6 +174,7 @@ def classify_lines(
                     run_start, run_end = found, found + 1
                 continue
             line = found
+        expected = line.seq + 1
         if line.seq > after_seq:
             if run_end > run_start:
                 keep(range(run_start, run_end))

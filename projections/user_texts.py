@@ -285,7 +285,8 @@ class FoldResult:
     """What one :func:`fold` call produced.
 
     Attributes:
-        rows: Every row created or changed, with its final values.
+        rows: Every row created, with its final values.
+        updated: Every stored row changed, with its new values (same ``id``).
         deleted: Ids of stored rows merged into another row (an alias arrived).
         aliases: New aliases, spoken key -> typed key.
         user_ids: Connection ids whose ``user_id`` changed; ``None``: forgotten.
@@ -301,6 +302,7 @@ class FoldResult:
     """
 
     rows: list[UserTextRow] = field(default_factory=list)
+    updated: list[UserTextRow] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
     user_ids: dict[str, str | None] = field(default_factory=dict)
@@ -326,25 +328,24 @@ def normalize(text: str) -> str:
     return _SPACES.sub(" ", text.strip(WHITESPACE))
 
 
-def _digest(parts: list[str]) -> str:
-    # The parts as a JSON array: no choice of values can make two different
-    # lists collide, and DuckDB's to_json writes the same bytes.
-    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
+# A key hashes its parts written as a JSON array: no choice of values can make
+# two different lists collide, and DuckDB's to_json writes the same bytes.
+_sha256 = hashlib.sha256
 
 
 def spoken_key(conversation_id: str, event_id: str, text: str) -> str:
     """Key of a turn known by its event id (``text`` normalised)."""
-    return "spoken:" + _digest([conversation_id, event_id, text])
+    return "spoken:" + _sha256(orjson.dumps([conversation_id, event_id, text])).hexdigest()[:32]
 
 
 def typed_key(conversation_id: str, text: str, occurrence: int) -> str:
     """Key of the ``occurrence``-th typed turn with ``text`` (normalised) in a conversation."""
-    return "typed:" + _digest([conversation_id, text, str(occurrence)])
+    return "typed:" + _sha256(orjson.dumps([conversation_id, text, str(occurrence)])).hexdigest()[:32]
 
 
 def entry_key(conversation_id: str, medium: str, text: str, occurrence: int) -> str:
     """Key of a REST/webhook entry without an id or a typed medium."""
-    return "entry:" + _digest([conversation_id, medium, text, str(occurrence)])
+    return "entry:" + _sha256(orjson.dumps([conversation_id, medium, text, str(occurrence)])).hexdigest()[:32]
 
 
 def line_key(seq: int, entry: int | None = None) -> str:
@@ -376,10 +377,13 @@ def _nonempty(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_ID_TYPES = (int, str)
+
+
 def _event_id(value: Any) -> int | str | None:
     if isinstance(value, bool):
         return None
-    return value if isinstance(value, int | str) else None
+    return value if isinstance(value, _ID_TYPES) else None
 
 
 # Plain strings for the hot path (an enum member's .value is a descriptor call).
@@ -420,22 +424,20 @@ _new_sighting: Callable[[tuple[UserTextRow, bool, str | None]], Sighting] = func
 )
 
 
-def _metadata(
-    raw_event: bytes,
-    seq: int,
-    source: bytes,
-    event_id: Any,
-    entry: int | None,
-    medium: str | None,
-    user_id: str | None,
-) -> str:
-    """The metadata of a one-sighting row, spliced by hand so that raw_event keeps the frame's bytes."""
-    index = b"null" if entry is None else b"%d" % entry
+@functools.lru_cache(maxsize=256)
+def _metadata_template(source: str, medium: str | None, live: bool) -> bytes:
+    """The metadata of a one-sighting row, but the raw event, seq, event id, entry and user id.
+
+    Spliced by hand so that raw_event keeps the frame's bytes. Live:
+    ``% (raw_event, seq, event_id, seq, user_id)``; REST/webhook:
+    ``% (seq, event_id, entry, seq, entry, user_id)``.
+    """
+    name = _source_json(source)[0].replace(b"%", b"%%")
+    raw, entry = (b"%b", b"null") if live else (b"null", b"%d")
     return (
-        b'{"raw_event":%b,"seq":%d,"source":%b,"event_id":%b,"entry":%b,"sightings":[[%b,%d,%b,%b,%b]]}'
-        % (raw_event, seq, source, orjson.dumps(event_id), index, source, seq, index, _MEDIUM_JSON[medium],
-           orjson.dumps(user_id))
-    ).decode("utf-8")  # fmt: skip
+        b'{"raw_event":' + raw + b',"seq":%d,"source":' + name + b',"event_id":%b,"entry":' + entry
+        + b',"sightings":[[' + name + b",%d," + entry + b"," + _MEDIUM_JSON[medium] + b",%b]]}"
+    )  # fmt: skip
 
 
 def _place(record: list[Any]) -> tuple[int, int]:
@@ -488,6 +490,8 @@ class _Row:
 class _Extractor:
     """Phase one of a fold: lines to sightings, advancing the per-connection state."""
 
+    __slots__ = ("result", "sightings", "state")
+
     def __init__(self, state: FoldState, result: FoldResult) -> None:
         self.state = state
         self.result = result
@@ -521,40 +525,54 @@ class _Extractor:
             self.result.user_ids[connection_id] = user_id
 
     def live(self, line: LogLine, event: dict[str, Any], source: str, typed: bool) -> None:
+        # The hot path of a rebuild: helpers are inlined.
         envelope = line.envelope
-        event_id: int | str | None = None
+        result = self.result
+        event_id: Any = None
         if typed:
-            text = self.text_of(event.get("text"))
+            text = event.get("text")
         else:
             inner = event.get("user_transcription_event")
             if not isinstance(inner, dict):
-                self.result.skipped[SkipReason.NO_TEXT] += 1
+                result.skipped[SkipReason.NO_TEXT] += 1
                 return
-            text = self.text_of(inner.get("user_transcript"))
-            event_id = _event_id(inner.get("event_id"))
-        if text is None:
+            text = inner.get("user_transcript")
+            event_id = inner.get("event_id")
+            if not isinstance(event_id, _ID_TYPES) or isinstance(event_id, bool):
+                event_id = None
+        if not isinstance(text, str):
+            result.skipped[SkipReason.NO_TEXT] += 1
+            return
+        if not text.strip(WHITESPACE):
+            result.skipped[SkipReason.EMPTY_TEXT] += 1
             return
         seq = line.seq
-        conversation_id = _string(envelope.get("conversation_id"))
-        connection_id = _string(envelope.get("connection_id"))
+        conversation_id = envelope.get("conversation_id")
+        connection_id = envelope.get("connection_id")
+        if not isinstance(connection_id, str):
+            connection_id = None
         spoken = False
-        if conversation_id is None:
+        if not isinstance(conversation_id, str):
+            conversation_id = None
             key = line_key(seq)
         elif typed:
             scope = (conversation_id, normalize(text))
             counts = self.state.typed.setdefault(connection_id, {})
             counts[scope] = occurrence = counts.get(scope, 0) + 1
-            self.result.typed.setdefault(connection_id, {})[scope] = occurrence
+            result.typed.setdefault(connection_id, {})[scope] = occurrence
             key = typed_key(conversation_id, scope[1], occurrence)
         elif event_id is not None:
             key, spoken = spoken_key(conversation_id, str(event_id), normalize(text)), True
         else:
             key = line_key(seq)
-        user_id = (
-            self.state.user_ids.get(connection_id) if connection_id is not None else None
-        ) or _nonempty(event.get("user_id"))
+        state = self.state
+        user_id = state.user_ids.get(connection_id) if connection_id is not None else None
+        if user_id is None:
+            user_id = event.get("user_id")
+            if not isinstance(user_id, str) or not user_id:
+                user_id = None
         medium = _TEXT if typed else _AUDIO if source == AGENT_WS else None
-        source_json, sources = _source_json(source)
+        sources = _source_json(source)[1]
         row = _new_row(
             (
                 seq * ENTRY_SLOTS,
@@ -563,8 +581,11 @@ class _Extractor:
                 conversation_id,
                 user_id or DEFAULT_USER_ID,
                 text,
-                line.received_at,
-                _metadata(line.frame, seq, source_json, event_id, None, medium, user_id),
+                str(envelope["received_at"]),
+                (
+                    _metadata_template(source, medium, True)
+                    % (line.frame, seq, orjson.dumps(event_id), seq, orjson.dumps(user_id))
+                ).decode("utf-8"),
                 sources,
                 seq,
             )
@@ -586,7 +607,7 @@ class _Extractor:
         user_id = _nonempty(body.get("user_id")) or (
             _nonempty(init.get("user_id")) if isinstance(init, dict) else None
         )
-        source_json, sources = _source_json(source)
+        sources = _source_json(source)[1]
         typed: Counter[str] = Counter()  # per normalised text
         other: Counter[tuple[str, str]] = Counter()  # per (medium, normalised text)
         for index, entry in enumerate(transcript[:ENTRY_SLOTS]):
@@ -623,7 +644,10 @@ class _Extractor:
                     user_id or DEFAULT_USER_ID,
                     text,
                     turn_time(start, entry.get("time_in_call_secs")) or line.received_at,
-                    _metadata(b"null", seq, source_json, event_id, index, medium, user_id),
+                    (
+                        _metadata_template(source, medium, False)
+                        % (seq, orjson.dumps(event_id), index, seq, index, orjson.dumps(user_id))
+                    ).decode("utf-8"),
                     sources,
                     seq,
                 )
@@ -631,10 +655,24 @@ class _Extractor:
             self.sightings.append(_new_sighting((row, spoken, alias)))
 
     def line(self, line: LogLine) -> None:
-        source = line.envelope.get("source")
-        if source == REST or source == WEBHOOK:
+        envelope = line.envelope
+        source = envelope.get("source")
+        if isinstance(source, str) and (wanted := LIVE_RULE_TYPES.get(source)) is not None:
+            event = line.event
+            if event is None:
+                return
+            kind = event.get("type")
+            if not isinstance(kind, str) or wanted.get(kind) != envelope.get("direction"):
+                return
+            if kind == INIT_TYPE:
+                self.init(envelope, event)
+            elif kind == CLOSED_TYPE:
+                self.close(envelope.get("connection_id"))
+            else:
+                self.live(line, event, source, typed=kind == _MESSAGE)
+        elif source == REST or source == WEBHOOK:
             body = line.event
-            if body is None and isinstance(line.envelope.get("raw"), str):
+            if body is None and isinstance(envelope.get("raw"), str):
                 body = _parsed_frame(line.frame)  # not on one line, e.g. pretty-printed
             if body is None:
                 return
@@ -646,20 +684,6 @@ class _Extractor:
                     self.body(line, data, source)
             else:
                 self.body(line, body, source)
-            return
-        event = line.event
-        if event is None or not isinstance(source, str):
-            return
-        kind = event.get("type")
-        wanted = LIVE_RULE_TYPES.get(source)
-        if wanted is None or not isinstance(kind, str) or wanted.get(kind) != line.envelope.get("direction"):
-            return
-        if kind == INIT_TYPE:
-            self.init(line.envelope, event)
-        elif kind == CLOSED_TYPE:
-            self.close(line.envelope.get("connection_id"))
-        else:
-            self.live(line, event, source, typed=kind == _MESSAGE)
 
 
 def _parsed_frame(frame: bytes) -> dict[str, Any] | None:
@@ -672,17 +696,25 @@ def _parsed_frame(frame: bytes) -> dict[str, Any] | None:
 
 def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> None:
     """Phase two of a fold: each sighting into its row, in log order."""
-    spoken = {s.row.dedup_key for s in sightings if s.spoken}
-    spoken.update(s.alias for s in sightings if s.alias is not None)
+    spoken: set[str] = set()
+    wanted: set[str] = set()  # the keys whose stored rows the batch may touch
+    for row, is_spoken, alias in sightings:
+        key = row.dedup_key
+        if is_spoken:
+            spoken.add(key)
+        elif alias is not None:
+            spoken.add(alias)
+            wanted.add(alias)
+        if not key.startswith("seq:"):  # a line key's line is applied once
+            wanted.add(key)
     aliases = dict(table.aliases(spoken)) if spoken else {}
-    wanted = {s.row.dedup_key for s in sightings if not s.row.dedup_key.startswith("seq:")}
     wanted.update(aliases.values())
-    wanted.update(s.alias for s in sightings if s.alias is not None)
     stored = table.rows(wanted) if wanted else {}
     # Per key: the row so far (as stored, as first seen, or merged), or None once moved away.
     rows: dict[str, UserTextRow | _Row | None] = {}
-    changed: dict[int, UserTextRow | _Row] = {}
+    changed: dict[int, UserTextRow | _Row] = {}  # by id
     deleted: set[int] = set()
+    inserted = duplicates = 0
 
     def merged_at(key: str) -> _Row | None:
         row = rows[key] if key in rows else stored.get(key)
@@ -716,14 +748,21 @@ def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> N
             current = stored.get(key)
         if current is None:
             rows[key] = changed[row.id] = row if key == row.dedup_key else row._replace(dedup_key=key)
-            result.inserted += 1
+            inserted += 1
             continue
         if isinstance(current, UserTextRow):
             current = rows[key] = _Row(current)
         current.add(row)
         changed[current.id] = current
-        result.skipped[SkipReason.DUPLICATE_TURN] += 1
-    result.rows.extend(row if isinstance(row, UserTextRow) else row.value() for row in changed.values())
+        duplicates += 1
+    result.inserted += inserted
+    if duplicates:
+        result.skipped[SkipReason.DUPLICATE_TURN] += duplicates
+    # A row's id is its first sighting's place: those of earlier batches are smaller.
+    first_new = sightings[0].row.id
+    for id, merged in changed.items():
+        value = merged if isinstance(merged, UserTextRow) else merged.value()
+        (result.rows if id >= first_new else result.updated).append(value)
     result.deleted.extend(sorted(deleted))
 
 
@@ -739,6 +778,7 @@ def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -
     """
     result = FoldResult(last_seq=state.last_seq)
     extractor = _Extractor(state, result)
+    read = extractor.line
     last_seq = state.last_seq
     applied = 0
     for line in lines:
@@ -762,7 +802,7 @@ def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -
             result.gaps.append(Gap(last_seq, seq))
         last_seq = seq
         applied += 1
-        extractor.line(line)
+        read(line)
     state.last_seq = result.last_seq = last_seq
     result.lines = applied
     if extractor.sightings:

@@ -7,10 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -18,13 +20,17 @@ from ingest.envelope import Origin
 from ingest.errors import QueryError
 from ingest.frames import inspect_frame
 from ingest.log import FsyncPolicy, LogWriter, events_dir
+from ingest.reader import iter_log
 from ingest.segments import RotationPolicy, list_segments
+from ingest.sim_account import Account, AccountSpec
+from ingest.webhook_sender import DeliveryFactory
 from projections.duckdb_views import VIEW_NAMES, open_analytics, run_query, view_statements
 from projections.sqlite_store import iter_rows, project
 from tests.user_text_cases import (
     STEP,
     Step,
     build_log,
+    closed,
     init,
     message,
     metadata,
@@ -232,6 +238,112 @@ def test_sqlite_and_duckdb_agree_on_a_real_session_log(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     sample_log(data_dir, max_bytes=700)
     _compare(data_dir)
+
+
+def mixed_log(data_dir: Path) -> list[tuple[str, str, int]]:
+    """Every source over the simulator's conversations, as the real sources log them.
+
+    A monitored conversation (whose typed turns the monitor shows as
+    transcripts), one held on the agent socket (transcripts in, typed text
+    out), REST bodies of every conversation (compact, escaped, pretty) and
+    webhooks for some (compact and pretty, one delivered twice, one of
+    another type). Returns each user turn as (conversation, text, n-th time
+    that text in that conversation).
+    """
+    account = Account(
+        AccountSpec(conversations=6, processing=0, failed_every=0, escaped_every=3, pretty_every=4)
+    )
+    factory = DeliveryFactory("wsec_test", seed=1)
+    turns: list[tuple[str, str, int]] = []
+    with LogWriter.open(data_dir, fsync=FsyncPolicy.NEVER, rotation=RotationPolicy(max_bytes=8192)) as writer:
+        conversations = account.of_agent("agent_demo")
+        for conversation in conversations:
+            said: Counter[str] = Counter()
+            for entry in conversation.user_entries():
+                said[entry["message"]] += 1
+                turns.append((conversation.conversation_id, entry["message"], said[entry["message"]]))
+        watched, held = conversations[0], conversations[1]
+        monitor = Origin("monitor", "in", "agent_demo", "mon-1", watched.conversation_id)
+        for entry in watched.user_entries():
+            frame = {
+                "type": "user_transcript",
+                "user_transcription_event": {
+                    "user_transcript": entry["message"],
+                    "event_id": entry["source_event_id"],
+                },
+            }
+            writer.append(monitor, inspect_frame(orjson.dumps(frame).decode()))
+        live_in = Origin("agent_ws", "in", "agent_demo", "ws-1", held.conversation_id)
+        live_out = Origin("agent_ws", "out", "agent_demo", "ws-1", held.conversation_id)
+        writer.append(
+            Origin("agent_ws", "out", "agent_demo", "ws-1", None), inspect_frame(init(held.user_id))
+        )
+        for entry in held.user_entries():
+            if entry["source_medium"] == "text":
+                writer.append(live_out, inspect_frame(message(entry["message"])))
+            else:
+                frame = {
+                    "type": "user_transcript",
+                    "user_transcription_event": {
+                        "user_transcript": entry["message"],
+                        "event_id": entry["source_event_id"],
+                    },
+                }
+                writer.append(live_in, inspect_frame(orjson.dumps(frame).decode()))
+        writer.append(
+            Origin("capture", "in", "agent_demo", "ws-1", held.conversation_id), inspect_frame(closed())
+        )
+        for n, conversation in enumerate(conversations):
+            rest = Origin("rest", "in", "agent_demo", None, conversation.conversation_id)
+            writer.append(rest, inspect_frame(account.body(conversation.conversation_id).decode()))
+            if n % 2:
+                data = orjson.loads(account.body(conversation.conversation_id))
+                delivery = factory.transcription(data=data, encoding="pretty" if n == 3 else None)
+                hook = Origin("webhook", "in", "agent_demo", f"hook-{n}", conversation.conversation_id)
+                for _ in range(2 if n == 1 else 1):  # a delivery received twice
+                    writer.append(hook, inspect_frame(delivery.body.decode()))
+        failure = factory.initiation_failure()
+        writer.append(
+            Origin("webhook", "in", "agent_demo", "hook-f", failure.conversation_id),
+            inspect_frame(failure.body.decode()),
+        )
+    return turns
+
+
+def test_every_source_gives_one_row_per_turn_and_both_stores_agree(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    turns = mixed_log(data_dir)
+    assert {line.source for line in iter_log(events_dir(data_dir))} == {
+        "agent_ws",
+        "monitor",
+        "rest",
+        "webhook",
+        "capture",
+    }
+    assert any("raw" in line.envelope for line in iter_log(events_dir(data_dir)) if line.source == "webhook")
+    _compare(data_dir)
+    rows = list(iter_rows(data_dir / "user.db"))
+    seen: Counter[tuple[str, str]] = Counter()
+    found = []
+    for row in rows:
+        seen[row[3], row[5]] += 1
+        found.append((row[3], row[5], seen[row[3], row[5]]))
+    assert sorted(found) == sorted(turns)
+    sources = Counter(row[8] for row in rows)
+    assert sources['["monitor","rest"]'] > 0 and sources['["agent_ws","rest","webhook"]'] > 0
+    assert sources['["rest","webhook"]'] > 0 and sources['["rest"]'] > 0
+    conn = open_analytics(data_dir)
+    try:
+        assert query(conn, "SELECT count(*) FROM user_texts") == [(len(turns),)]
+        assert query(conn, "SELECT DISTINCT source FROM events ORDER BY source") == [
+            ("agent_ws",),
+            ("capture",),
+            ("monitor",),
+            ("rest",),
+            ("webhook",),
+        ]
+    finally:
+        conn.close()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

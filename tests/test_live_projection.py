@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ingest.envelope import Origin
@@ -17,9 +18,9 @@ from ingest.frames import inspect_frame
 from ingest.lock import probe_lock
 from ingest.log import FsyncPolicy, LogWriter
 from ingest.segments import RotationPolicy
-from projections.live import live_projection_sidecar, projection_status, start_live_projection
+from projections.live import NICENESS_STEP, live_projection_sidecar, projection_status, start_live_projection
 from projections.sqlite_store import iter_rows, project, rebuild
-from tests.user_text_cases import message, transcript, wait_until
+from tests.user_text_cases import conversation_body, message, transcript, user_entry, wait_until
 
 
 SENT = Origin("agent_ws", "out", "agent_x", "conn-1", "conv_1")
@@ -166,3 +167,42 @@ def test_the_follower_ends_when_its_parent_dies(tmp_path: Path) -> None:
 
     wait_until(gone, 10, "the orphaned follower to exit")
     assert projected_seq(db) == 1
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32", reason="POSIX priorities (Windows uses BELOW_NORMAL_PRIORITY_CLASS)"
+)
+def test_the_follower_runs_nicer_than_its_parent(tmp_path: Path) -> None:
+    """A burst in capture ingest keeps the CPU; the follower catches up afterwards."""
+    data_dir, db = tmp_path / "data", tmp_path / "db"
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS_STEP)
+    writer = open_writer(data_dir)
+    live = start_live_projection(data_dir, db)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, live.pid) == expected  # from its first instruction on
+        seq = writer.append(SENT, inspect_frame(message("hello")))
+        wait_until(lambda: projected_seq(db) >= seq, 10, "the follower to run")
+        assert os.getpriority(os.PRIO_PROCESS, live.pid) == expected  # and not lowered twice
+    finally:
+        writer.close()
+        assert live.stop() == 0
+
+
+def test_later_sources_update_rows_live(tmp_path: Path) -> None:
+    """A turn seen live, then in a REST body: the follower merges it into the row it made."""
+    data_dir, db = tmp_path / "data", tmp_path / "db"
+    writer = open_writer(data_dir)
+    live = start_live_projection(data_dir, db)
+    try:
+        seq = writer.append(GOT, inspect_frame(transcript("I need help", 2)))
+        wait_until(lambda: projected_seq(db) >= seq, 10, "the live row")
+        assert [row[8] for row in iter_rows(db)] == ['["agent_ws"]']
+        body = conversation_body("conv_1", [user_entry("I need help", 3, "audio", 2)])
+        rest = Origin("rest", "in", "agent_x", None, "conv_1")
+        seq = writer.append(rest, inspect_frame(orjson.dumps(body).decode()))
+        wait_until(lambda: projected_seq(db) >= seq, 10, "the REST body")
+    finally:
+        writer.close()
+        assert live.stop() == 0
+    [row] = iter_rows(db)
+    assert row[8] == '["agent_ws","rest"]'

@@ -28,18 +28,21 @@ from projections.sqlite_store import (
     projection_status,
     rebuild,
 )
-from projections.user_texts import FoldState, Gap, fold
+from projections.user_texts import FoldState, Gap, fold, typed_key
 from tests.conftest import TIMEOUT_FACTOR
 from tests.user_text_cases import (
     STEP,
     Step,
     build_log,
+    closed,
+    conversation_body,
     encode,
     init,
     message,
     metadata,
     reference,
     transcript,
+    user_entry,
     wait_until,
     write_segments,
 )
@@ -261,6 +264,77 @@ def test_tables_capture_did_not_make_are_never_replaced(tmp_path: Path) -> None:
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(ProjectionError, match="junk.db"):
         project(data_dir, tmp_path / "junk.db")
+
+
+def test_a_version_1_database_needs_a_rebuild(tmp_path: Path) -> None:
+    """Schema 2 merges sightings across sources: version-1 rows cannot be converted in place."""
+    data_dir, db = tmp_path / "data", tmp_path / "db"
+    small_log(data_dir)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE user_texts (id INTEGER PRIMARY KEY, dedup_key TEXT UNIQUE)")
+    conn.execute(
+        "CREATE TABLE projection_state (id INTEGER PRIMARY KEY, schema_version INTEGER, last_seq INTEGER,"
+        " lines INTEGER, rows INTEGER, skipped TEXT, updated_at TEXT)"
+    )
+    conn.execute("INSERT INTO projection_state VALUES (1, 1, 0, 0, 0, '{}', NULL)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ProjectionError, match=r"older capture \(schema 1, now 2\); run `capture rebuild`"):
+        project(data_dir, db)
+    assert rebuild(data_dir, db).rows_written == 6
+
+
+def test_state_carries_over_between_runs_and_ends_with_the_connection(tmp_path: Path) -> None:
+    """Typed-turn counts and init user ids persist with the position; a closed connection's are dropped."""
+    db = tmp_path / "db"
+    first = [
+        encode(1, init("u-1"), direction="out", connection_id="A"),
+        encode(2, message("yes"), direction="out", connection_id="A"),
+    ]
+    write_segments(tmp_path, [b"".join(first)], [1])
+    project(tmp_path, db)
+    with UserTextStore.open(db) as store:
+        assert store.state.user_ids == {"A": "u-1"}
+        assert store.state.typed == {"A": {("conv_1", "yes"): 1}}
+    second = [
+        encode(3, message("yes "), direction="out", connection_id="A"),
+        encode(4, closed(), source="capture", connection_id="A"),
+    ]
+    write_segments(tmp_path, [b"".join(first + second)], [1])
+    project(tmp_path, db)
+    rows = dump(db)
+    assert [(r[4], r[5]) for r in rows] == [("u-1", "yes"), ("u-1", "yes ")]  # occurrences 1 and 2
+    assert rows[1][1] == typed_key("conv_1", "yes", 2)
+    with UserTextStore.open(db) as store:
+        assert store.state.user_ids == {} and store.state.typed == {}
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM projection_typed").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM projection_users").fetchone() == (0,)
+    conn.close()
+
+
+def test_an_alias_merges_rows_stored_by_earlier_batches(tmp_path: Path) -> None:
+    """Rows of one turn stored apart are merged when a REST body ties them, one line at a time too."""
+    body = conversation_body("conv_1", [user_entry("yes", 3, "text", 7), user_entry("hi", 4, "audio", 8)])
+    lines = [
+        encode(1, message("yes"), direction="out", connection_id="A"),
+        encode(2, transcript("yes", 7), source="monitor", connection_id="m1"),
+        encode(3, transcript("hi", 8), source="monitor", connection_id="m1"),
+        encode(4, orjson.dumps(body).decode(), source="rest", connection_id=None),
+        encode(5, transcript("yes", 7), source="monitor", connection_id="m2"),  # after the alias
+    ]
+    write_segments(tmp_path, [b"".join(lines)], [1])
+    report = project(tmp_path, tmp_path / "db", batch_lines=1)
+    assert report.rows_written == 2 and report.skipped == {"duplicate_turn": 3}
+    rows = dump(tmp_path / "db")
+    assert [(r[0], r[2], r[8]) for r in rows] == [
+        (1_000_000, "user_message", '["agent_ws","monitor","rest"]'),
+        (3_000_000, "user_transcript", '["monitor","rest"]'),
+    ]
+    assert rows == [tuple(r) for r in reference(lines).rows]
+    assert state_row(tmp_path / "db")[2] == 2
+    rebuild(tmp_path, tmp_path / "db2")
+    assert dump(tmp_path / "db2") == rows
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -168,9 +168,11 @@ class MemoryTable:
         return {key: self.alias_of[key] for key in keys if key in self.alias_of}
 
     def apply(self, result: FoldResult) -> None:
-        gone = set(result.deleted) | {row.id for row in result.rows}
+        changed = result.rows + result.updated
+        assert not {row.id for row in result.rows} & {row.id for row in self.by_key.values()}, "an id twice"
+        gone = set(result.deleted) | {row.id for row in changed}
         self.by_key = {key: row for key, row in self.by_key.items() if row.id not in gone}
-        for row in result.rows:
+        for row in changed:
             assert row.dedup_key not in self.by_key, "two rows with one key"
             self.by_key[row.dedup_key] = row
         for alias, key in result.aliases.items():

@@ -1,0 +1,162 @@
+"""End to end: the real commands fill the log from REST and webhooks, ``capture project`` gives one row per turn."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest.log import events_dir
+from ingest.reader import iter_log
+from ingest.sim_account import AccountSpec
+from ingest.simulator import SimulatorThread
+from ingest.webhook_sender import DeliveryFactory, send_many
+from projections.duckdb_views import open_analytics, run_query
+from projections.sqlite_store import iter_rows
+from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
+
+
+KEY = "sk_sources_0123456789"
+SECRET = "wsec_sources_0123456789"
+AGENT = "agent_demo"
+TIMEOUT = 60 * TIMEOUT_FACTOR
+
+
+def capture(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*capture_command(), *args],
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def backfill(sim: SimulatorThread, data_dir: Path, *args: str) -> None:
+    capture(
+        "backfill", "--agent-id", AGENT, "--base-url", sim.http_url, "--data-dir", str(data_dir), *args,
+        ELEVENLABS_API_KEY=KEY,
+    )  # fmt: skip
+
+
+def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
+    """Run ``capture webhook``, post each body as a signed post_call_transcription, stop it."""
+    env = subprocess_env(ELEVENLABS_WEBHOOK_SECRET=SECRET)
+    proc = subprocess.Popen(
+        [*capture_command(), "webhook", "--port", "0", "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = None
+        deadline = time.monotonic() + TIMEOUT
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            port = int(match.group(1)) if match else None
+        assert port is not None, "the receiver never said where it listens"
+        factory = DeliveryFactory(SECRET, agent_id=AGENT)
+        deliveries = [
+            factory.transcription(data=orjson.loads(body), encoding="pretty" if n == 1 else None)
+            for n, body in enumerate(bodies)
+        ]
+        url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
+        assert sim.run(send_many(url, deliveries, concurrency=2), TIMEOUT) == [200] * len(deliveries)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def project(data_dir: Path) -> list[tuple[Any, ...]]:
+    capture("project", "--data-dir", str(data_dir))
+    return list(iter_rows(data_dir / "whatsapp_storage.db"))
+
+
+def call_time(start: int, offset: float) -> str:
+    return datetime.fromtimestamp(start + offset, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+def test_backfill_and_webhooks_give_each_turn_once(data_dir: Path) -> None:
+    account = AccountSpec(conversations=8, processing=0, failed_every=4, escaped_every=3, pretty_every=5)
+    with SimulatorThread(api_key=KEY, account=account) as sim:
+        assert sim.sim.account is not None
+        finished = sim.sim.account.of_agent(AGENT, "done", "failed")
+        hooked = finished[::2]
+        # Webhooks first: the backfill then skips those conversations, and --refresh fetches them too.
+        deliver(sim, data_dir, [sim.sim.account.body(c.conversation_id) for c in hooked])
+        backfill(sim, data_dir)
+        backfill(sim, data_dir, "--refresh")
+        expected = []
+        for conversation in finished:
+            if conversation.status != "done":
+                continue  # a failed conversation's body holds only the agent's first message
+            said: Counter[str] = Counter()
+            for entry in conversation.user_entries():
+                said[entry["message"]] += 1
+                sources = '["rest","webhook"]' if conversation in hooked else '["rest"]'
+                kind = "user_message" if entry["source_medium"] == "text" else "user_transcript"
+                when = call_time(conversation.start_unix, entry["time_in_call_secs"])
+                expected.append(
+                    (
+                        conversation.conversation_id,
+                        entry["message"],
+                        said[entry["message"]],
+                        kind,
+                        when,
+                        sources,
+                    )
+                )
+        assert expected and any(e[5] == '["rest","webhook"]' for e in expected)
+
+        def turns(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            seen: Counter[tuple[str, str]] = Counter()
+            found = []
+            for row in rows:
+                seen[row[3], row[5]] += 1
+                found.append((row[3], row[5], seen[row[3], row[5]], row[2], row[6], row[8]))
+            return sorted(found)
+
+        rows = project(data_dir)
+        assert turns(rows) == sorted(expected)
+        assert [row[4] for row in rows] == [
+            sim.sim.account[row[3]].user_id for row in rows
+        ]  # the body's user_id
+        # A delivery received again and a second refresh change no turn.
+        replayed = next(c for c in hooked if c.status == "done").conversation_id
+        deliver(sim, data_dir, [sim.sim.account.body(replayed)])
+        backfill(sim, data_dir, "--refresh")
+        again = project(data_dir)
+    assert len(again) == len(rows)
+    assert [(r[0], r[1], r[6], r[8]) for r in again] == [(r[0], r[1], r[6], r[8]) for r in rows]
+    sightings = Counter(
+        tuple(s[0] for s in orjson.loads(r[7])["sightings"]) for r in again if r[3] == replayed
+    )
+    assert set(sightings) == {("webhook", "rest", "webhook", "rest")}  # every copy is on its row
+    sources = Counter(line.source for line in iter_log(events_dir(data_dir)))
+    assert set(sources) == {"rest", "webhook"}
+    conn = open_analytics(data_dir)
+    try:
+        view = list(run_query(conn, "SELECT * FROM user_texts ORDER BY id").rows)
+    finally:
+        conn.close()
+    assert view == again
