@@ -8,7 +8,10 @@ Run from the repository root::
 It prints one table:
 
 * rebuild: lines/s of ``capture rebuild`` next to an orjson parse-only pass
-  over the same segments (the ceiling), and the ratio (target >= 0.5x);
+  over the same segments (the ceiling), and the ratio (target >= 0.5x); the
+  same on a dense log (27% user turns) and on a log where every conversation
+  is also fetched (REST) and delivered (webhook), so each user turn is seen
+  three times;
 * peak memory (RSS) of the rebuild process next to the log's size, and RSS at
   each quarter of the rebuild (flat means streaming);
 * live projection lag at a steady rate (default 1k frames/s): time from the
@@ -111,8 +114,14 @@ def _metadata(conversation_id: str) -> Frame:
     )
 
 
+CLOSED = inspect_frame(
+    '{"type":"connection_closed","close_code":1000,"close_reason":"","closed_by":"server",'
+    '"duration_s":42.0,"frames":120,"audio_skipped":300}'
+)
+
+
 def conversation_lines(n: int, mix: str = "typical") -> list[tuple[Origin, Frame]]:
-    """The lines of conversation ``n``, in order."""
+    """The lines of conversation ``n``, in order, ending with capture's connection_closed record."""
     connection = f"c{n:012x}"
     conversation = f"conv_{n:012x}"
     lines = [
@@ -123,16 +132,87 @@ def conversation_lines(n: int, mix: str = "typical") -> list[tuple[Origin, Frame
     sent = Origin("agent_ws", "out", "agent_bench", connection, conversation)
     for turn in TURN_FRAMES[mix]:
         lines.extend((got if direction == "in" else sent, frame) for direction, frame in turn)
+    lines.append((Origin("capture", "in", "agent_bench", connection, conversation), CLOSED))
     return lines
 
 
+def conversation_body(n: int) -> dict[str, Any]:
+    """Conversation ``n`` as the REST API (and a transcription webhook's ``data``) tells it afterwards."""
+    transcript: list[dict[str, Any]] = []
+    for turn in range(TURNS_PER_CONVERSATION):
+        said = f"I would like to change my plan, question number {turn}, por favor, obrigado"
+        reply = f"Of course. Let me look at your account for turn {turn}, it will only take a moment."
+        transcript.append(
+            {
+                "role": "user",
+                "message": said,
+                "time_in_call_secs": 10 * turn + 2,
+                "source_medium": "audio",
+                "source_event_id": turn,
+                "interrupted": False,
+            }
+        )
+        transcript.append(
+            {
+                "role": "agent",
+                "message": reply,
+                "time_in_call_secs": 10 * turn + 5,
+                "source_medium": "audio",
+                "source_event_id": turn,
+                "interrupted": False,
+                "conversation_turn_metrics": {"metrics": {"convai_llm_service_ttfb": {"elapsed_time": 0.31}}},
+            }
+        )
+        if turn % 2:
+            transcript.append(
+                {
+                    "role": "user",
+                    "message": f"typed answer {turn}",
+                    "time_in_call_secs": 10 * turn + 8,
+                    "source_medium": "text",
+                    "source_event_id": turn,
+                    "interrupted": False,
+                }
+            )
+    return {
+        "agent_id": "agent_bench", "conversation_id": f"conv_{n:012x}", "status": "done", "user_id": "user-42",
+        "transcript": transcript,
+        "metadata": {"start_time_unix_secs": 1_795_000_000 + 600 * n, "call_duration_secs": 90, "cost": 400,
+                     "termination_reason": "end_call tool was called.", "main_language": "en"},
+        "analysis": {"call_successful": "success", "transcript_summary": "The user asked to change plan."},
+        "conversation_initiation_client_data": {"user_id": "user-42", "dynamic_variables": {"user_name": "Zoë"}},
+        "has_audio": True, "has_user_audio": True, "has_response_audio": True,
+    }  # fmt: skip
+
+
+def every_source_lines(n: int) -> list[tuple[Origin, Frame]]:
+    """Conversation ``n`` seen live, then fetched (REST) and delivered (webhook): each user turn three times."""
+    body = conversation_body(n)
+    conversation = body["conversation_id"]
+    webhook = {"type": "post_call_transcription", "event_timestamp": 1_795_000_100 + 600 * n, "data": body}
+    return [
+        *conversation_lines(n),
+        (Origin("rest", "in", "agent_bench", None, conversation), inspect_frame(orjson.dumps(body).decode())),
+        (
+            Origin("webhook", "in", "agent_bench", f"w{n:012x}", conversation),
+            inspect_frame(orjson.dumps(webhook).decode()),
+        ),
+    ]
+
+
 def generate(data_dir: Path, lines: int, mix: str = "typical") -> int:
-    """Append about ``lines`` lines with a LogWriter; return the number written."""
+    """Append about ``lines`` lines with a LogWriter; return the number written.
+
+    ``mix``: ``typical`` or ``dense`` live sessions (see ``_frames``), or
+    ``every_source``: typical sessions each also fetched and delivered.
+    """
     written = 0
     with LogWriter.open(data_dir, fsync=FsyncPolicy.NEVER) as writer:
         n = 0
         while written < lines:
-            for origin, frame in conversation_lines(n, mix):
+            for origin, frame in (
+                every_source_lines(n) if mix == "every_source" else conversation_lines(n, mix)
+            ):
                 writer.append(origin, frame)
             written = writer.next_seq - 1
             n += 1
@@ -387,6 +467,15 @@ def main() -> None:
         dense_ceiling = best_of(args.repeats, lambda: parse_ceiling(dense_dir))
         dense_built = best_of(args.repeats, lambda: rebuild_run(dense_dir, work / "dense.db", dense_total))
         shutil.rmtree(dense_dir, ignore_errors=True)
+        mixed_lines = max(args.lines // 4, 10_000)
+        console.print(
+            f"[dim]every source (live + REST + webhook): {mixed_lines:,} lines, ceiling and rebuild …[/dim]"
+        )
+        mixed_dir = work / "every_source"
+        mixed_total = generate(mixed_dir, mixed_lines, "every_source")
+        mixed_ceiling = best_of(args.repeats, lambda: parse_ceiling(mixed_dir))
+        mixed_built = best_of(args.repeats, lambda: rebuild_run(mixed_dir, work / "mixed.db", mixed_total))
+        shutil.rmtree(mixed_dir, ignore_errors=True)
 
         ceiling_rate = ceiling["lines"] / ceiling["elapsed"]
         rebuild_rate = built["lines"] / built["elapsed"]
@@ -411,6 +500,14 @@ def main() -> None:
             f"{dense_rate:,.0f}",
             f"{dense_ceiling_rate:,.0f}",
             f"{dense_rate / dense_ceiling_rate:.2f}x",
+        )
+        mixed_rate = mixed_built["lines"] / mixed_built["elapsed"]
+        mixed_ceiling_rate = mixed_ceiling["lines"] / mixed_ceiling["elapsed"]
+        table.add_row(
+            f"  same, every source ({mixed_total:,} lines, {mixed_built['rows']:,} rows)",
+            f"{mixed_rate:,.0f}",
+            f"{mixed_ceiling_rate:,.0f}",
+            f"{mixed_rate / mixed_ceiling_rate:.2f}x",
         )
         table.add_row(
             "rebuild time / rows written",

@@ -9,7 +9,7 @@ not the SQLite file):
 * ``user_texts``: the same rows and columns as the SQLite table, by the same
   rule (:mod:`projections.user_texts`), stated in SQL;
 * ``conversations``: one row per conversation: agent, first and last event
-  time, duration, user and agent turns, how it ended;
+  time, duration, user and agent turns, how it ended, the sources that logged it;
 * ``daily_activity``: one row per UTC day.
 
 How they stay valid:
@@ -24,9 +24,11 @@ How they stay valid:
   that folder, so moving the data dir keeps them working. When the layout or
   this module's SQL changed, :func:`open_analytics` recreates the views.
 
-The Python projector also checks the ``crc32`` of each line that could be a
-user turn; SQL cannot, so such a line whose frame was corrupted on disk yet
-still parses gives a row in the view and not in the SQLite table.
+Where the two ``user_texts`` can differ, on logs no writer makes: the Python
+projector checks the ``crc32`` of each line it reads and SQL cannot, so a line
+whose frame was corrupted on disk yet still parses counts in the view only; and
+the view keeps one line per seq where the fold skips any line whose seq is not
+above the previous one (so an out-of-order line counts in the view only).
 
 """
 
@@ -379,7 +381,8 @@ WITH parts AS (
            max(seq) FILTER (WHERE type = 'error') AS error_seq,
            arg_max(event, seq) FILTER (WHERE type = 'error') AS last_error,
            bool_or(type = 'agent_tool_response'
-                   AND event->>'$.agent_tool_response.tool_name' = 'end_call') AS agent_ended
+                   AND event->>'$.agent_tool_response.tool_name' = 'end_call') AS agent_ended,
+           list_distinct(list(source)) AS sources
     FROM events
     GROUP BY connection_id, conversation_id
 ), resolved AS (
@@ -393,7 +396,8 @@ WITH parts AS (
            sum(events)::BIGINT AS events,
            sum(agent_turns)::BIGINT AS agent_turns,
            arg_max(last_error, error_seq) AS last_error,
-           bool_or(agent_ended) AS agent_ended
+           bool_or(agent_ended) AS agent_ended,
+           list_sort(list_distinct(flatten(list(sources)))) AS sources
     FROM resolved
     WHERE conv IS NOT NULL
     GROUP BY conv
@@ -410,7 +414,8 @@ SELECT m.conversation_id, m.agent_id, m.first_event_at, m.last_event_at,
             ELSE 'no_end_event' END AS ended_by,
        m.last_error->>'$.error_event.error_type' AS end_error_type,
        TRY_CAST(m.last_error->>'$.error_event.code' AS INTEGER) AS end_error_code,
-       m.last_error->>'$.error_event.message' AS end_error_message
+       m.last_error->>'$.error_event.message' AS end_error_message,
+       m.sources
 FROM merged m LEFT JOIN turns t ON t.session_id = m.conversation_id"""
     daily = """CREATE OR REPLACE VIEW daily_activity AS
 WITH per_day AS (

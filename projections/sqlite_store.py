@@ -3,8 +3,11 @@
 The database is a disposable function of the log. Guarantees:
 
 * the position (seq of the last applied line) is stored in the same
-  transaction as the rows it produced, so a crash at any moment leaves a
-  consistent table and re-running never duplicates a row;
+  transaction as the rows it produced and changed, and the fold's state
+  (per open connection: user id, typed-turn counts; the aliases), so a crash
+  at any moment leaves a consistent table and re-running never duplicates a row;
+* the store is the fold's :class:`~projections.user_texts.TableView`: it
+  reads the rows and aliases a batch touches, by key, one query each;
 * every write transaction first checks that the stored position is the one
   the batch was folded from, so two projectors (the live one and ``capture
   project``) never interleave batches: the loser reloads and re-reads;
@@ -573,7 +576,26 @@ def _page_size(db_path: Path) -> int | None:
 
 
 def _open_scratch(path: Path, page_size: int | None) -> sqlite3.Connection:
-    """Open the scratch file of a rebuild, exclusively, emptied of a killed rebuild's leftovers."""
+    """Open the scratch file of a rebuild, exclusively, emptied of a killed rebuild's leftovers.
+
+    A rebuild killed mid-write leaves a scratch file that may not even be a
+    database (it has no journal): such a file is deleted and started afresh.
+
+    """
+    try:
+        return _open_scratch_once(path, page_size)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise _error(path, exc) from exc
+    for leftover in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    try:
+        return _open_scratch_once(path, page_size)
+    except sqlite3.DatabaseError as exc:
+        raise _error(path, exc) from exc
+
+
+def _open_scratch_once(path: Path, page_size: int | None) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=0.5, isolation_level=None)
     except sqlite3.Error as exc:
@@ -599,7 +621,7 @@ def _open_scratch(path: Path, page_size: int | None) -> sqlite3.Connection:
         conn.close()
         if "locked" in str(exc):
             raise ProjectionError(f"another `capture rebuild` is writing {path}; wait for it") from exc
-        raise _error(path, exc) from exc
+        raise
     except BaseException:
         conn.close()
         raise

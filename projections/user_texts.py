@@ -21,8 +21,9 @@ the constants here. Tests check that both agree row for row.
   ``audio`` / ``text`` says spoken / typed; other values are unknown.
 
 Nothing else is projected (tentative transcripts, agent text, other webhook
-types, ``capture`` records). A turn whose text is missing or not a string is
-skipped as ``no_text``; empty or only :data:`WHITESPACE`, as ``empty_text``.
+types); ``capture``'s ``connection_closed`` record only ends the state kept for
+its connection. A turn whose text is missing or not a string is skipped as
+``no_text``; empty or only :data:`WHITESPACE`, as ``empty_text``.
 
 **Matching.** Texts are compared normalised (runs of :data:`WHITESPACE`
 collapsed to one space, ends trimmed). Each sighting has a key:
@@ -57,8 +58,10 @@ last ``connection_closed`` record), else the frame's own ``user_id``; REST and
 webhook, the body's ``user_id``, else its
 ``conversation_initiation_client_data.user_id``.
 
-A line whose seq is not above the last applied one is skipped as
-``duplicate_line``; a jump in seq is reported as a :class:`Gap`.
+Idempotent: a line whose seq is not above the last applied one is skipped as
+``duplicate_line`` (a jump in seq is reported as a :class:`Gap`), and a second
+copy of a body (a replayed webhook, a refetch) gives the same keys, so it only
+adds a sighting to the rows of its turns (counted as ``duplicate_turn``).
 
 """
 
@@ -323,8 +326,11 @@ def is_blank(text: str) -> bool:
 
 def normalize(text: str) -> str:
     """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed."""
-    if text.isascii():  # str.split() splits on exactly the ASCII part of WHITESPACE, and faster
-        return " ".join(text.split())
+    if text.isascii():
+        # Most texts are already normal: printable ASCII has no WHITESPACE but " ".
+        if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+            return text
+        return " ".join(text.split())  # str.split() splits on exactly the ASCII part of WHITESPACE
     return _SPACES.sub(" ", text.strip(WHITESPACE))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from ingest.envelope import LogLine, decode_line
 from projections.log_scan import classify_lines
 from projections.user_texts import (
     DEFAULT_USER_ID,
+    WHITESPACE,
     FoldResult,
     FoldState,
     Gap,
@@ -409,6 +411,28 @@ def test_an_alias_arriving_later_merges_two_rows_into_one() -> None:
     [row] = table.table()
     assert (row.id, row.sources, row.kind) == (1_000_000, '["agent_ws","monitor","rest"]', "user_message")
     assert row == run([*lines, rest(3, body)])[0]  # the same as in one batch
+
+
+def test_when_transcripts_disagree_the_first_alias_wins() -> None:
+    """Two bodies number a typed "yes" differently: the id goes to the typed turn named first."""
+    first = conversation_body("conv_1", [user_entry("yes", 3, "text", 7)])
+    second = conversation_body("conv_1", [user_entry("yes", 1, "text", 6), user_entry("yes", 3, "text", 7)])
+    lines = [rest(1, first), hook(2, webhook(second)), line(3, transcript("yes", 7), source="monitor")]
+    rows = run(lines)
+    assert [(r.dedup_key, r.sources) for r in rows] == [
+        (typed_key("conv_1", "yes", 1), '["monitor","rest","webhook"]'),
+        (typed_key("conv_1", "yes", 2), '["webhook"]'),
+    ]
+    # Delivered first, the webhook names the typed turn the id stands for.
+    swapped = run([hook(1, webhook(second)), rest(2, first), line(3, transcript("yes", 7), source="monitor")])
+    assert [r.sources for r in swapped] == ['["rest","webhook"]', '["monitor","webhook"]']
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"ab é", *WHITESPACE, "\x00", "\x7f"]), max_size=12))
+def test_normalize_collapses_exactly_the_blank_characters(text: str) -> None:
+    words = [w for w in re.split("[" + re.escape(WHITESPACE) + "]", text) if w]
+    assert normalize(text) == " ".join(words)
 
 
 def test_the_same_words_twice_stay_two_rows() -> None:
