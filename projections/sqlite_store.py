@@ -675,7 +675,7 @@ def rebuild(
     data_dir: Path,
     db_path: Path | None = None,
     *,
-    batch_lines: int = 50_000,
+    batch_lines: int = 20_000,
     progress: Progress | None = None,
 ) -> ProjectReport:
     """Rebuild the table from the whole log into a new file, then swap it in.

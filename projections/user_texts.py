@@ -72,6 +72,7 @@ import functools
 import hashlib
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from ingest.envelope import LogLine, format_epoch_ns
+from ingest.envelope import LogLine
 
 
 __all__ = [
@@ -372,7 +373,13 @@ def turn_time(start: Any, offset: Any) -> str | None:
     micros = math.floor(float(start) * 1e6 + 0.5) + math.floor(float(offset) * 1e6 + 0.5)
     if micros > MAX_EPOCH_US:
         return None
-    return format_epoch_ns(micros * 1000)
+    second, fraction = divmod(micros, 1_000_000)
+    return f"{_second(second)}{fraction:06d}Z"
+
+
+@functools.lru_cache(maxsize=1024)  # a body and its webhook copy share their seconds
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
 
 
 def _string(value: Any) -> str | None:
@@ -412,12 +419,14 @@ class Sighting(NamedTuple):
             ``metadata`` lists it as the only sighting.
         spoken: ``dedup_key`` is a spoken key, to look up through the aliases.
         alias: For a typed REST/webhook entry with an id: its spoken key.
+        record: Its entry in ``metadata``'s sightings: ``[source, seq, entry, medium, user_id]``.
 
     """
 
     row: UserTextRow
     spoken: bool
     alias: str | None
+    record: list[Any]
 
 
 _MEDIUM_JSON = {None: b"null", _AUDIO: b'"audio"', _TEXT: b'"text"'}
@@ -425,7 +434,7 @@ _MEDIUM_JSON = {None: b"null", _AUDIO: b'"audio"', _TEXT: b'"text"'}
 # A named tuple's own constructor is a Python function; tuple.__new__ (what
 # its _make uses) is not, and the fold builds two per user turn.
 _new_row: Callable[[tuple[Any, ...]], UserTextRow] = functools.partial(tuple.__new__, UserTextRow)
-_new_sighting: Callable[[tuple[UserTextRow, bool, str | None]], Sighting] = functools.partial(
+_new_sighting: Callable[[tuple[UserTextRow, bool, str | None, list[Any]]], Sighting] = functools.partial(
     tuple.__new__, Sighting
 )
 
@@ -455,10 +464,15 @@ class _Row:
 
     __slots__ = ("head", "id", "key", "records", "seq", "session_id", "text", "timestamp")
 
-    def __init__(self, row: UserTextRow) -> None:
-        cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
+    def __init__(self, row: UserTextRow | Sighting) -> None:
+        if isinstance(row, Sighting):
+            self.records: list[list[Any]] = [row.record]
+            row = row.row
+            cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
+        else:
+            cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
+            self.records = orjson.loads(row.metadata[cut:-1])
         self.head = row.metadata[:cut]
-        self.records: list[list[Any]] = orjson.loads(row.metadata[cut:-1])
         self.id = row.id
         self.key = row.dedup_key
         self.session_id = row.session_id
@@ -466,15 +480,17 @@ class _Row:
         self.timestamp = row.timestamp
         self.seq = row.seq
 
-    def add(self, later: _Row | UserTextRow) -> None:
+    def add(self, later: _Row | Sighting) -> None:
         """Take in the sightings of a row whose first sighting comes after this row's."""
-        if not isinstance(later, _Row):
-            later = _Row(later)
-        if later.records[0][1] > self.records[-1][1]:
-            self.records.extend(later.records)  # the usual case: a new line's sighting
+        if isinstance(later, Sighting):
+            records, timestamp = [later.record], later.row.timestamp
         else:
-            self.records = sorted(self.records + later.records, key=_place)
-        self.timestamp = min(self.timestamp, later.timestamp)
+            records, timestamp = later.records, later.timestamp
+        if records[0][1] > self.records[-1][1]:
+            self.records.extend(records)  # the usual case: a new line's sighting
+        else:
+            self.records = sorted(self.records + records, key=_place)
+        self.timestamp = min(self.timestamp, timestamp)
 
     def value(self) -> UserTextRow:
         records = self.records
@@ -571,8 +587,7 @@ class _Extractor:
             key, spoken = spoken_key(conversation_id, str(event_id), normalize(text)), True
         else:
             key = line_key(seq)
-        state = self.state
-        user_id = state.user_ids.get(connection_id) if connection_id is not None else None
+        user_id = self.state.user_ids.get(connection_id) if connection_id is not None else None
         if user_id is None:
             user_id = event.get("user_id")
             if not isinstance(user_id, str) or not user_id:
@@ -587,7 +602,7 @@ class _Extractor:
                 conversation_id,
                 user_id or DEFAULT_USER_ID,
                 text,
-                str(envelope["received_at"]),
+                str(envelope.get("received_at")),
                 (
                     _metadata_template(source, medium, True)
                     % (line.frame, seq, orjson.dumps(event_id), seq, orjson.dumps(user_id))
@@ -596,7 +611,7 @@ class _Extractor:
                 seq,
             )
         )
-        self.sightings.append(_new_sighting((row, spoken, None)))
+        self.sightings.append(_new_sighting((row, spoken, None, [source, seq, None, medium, user_id])))
 
     def body(self, line: LogLine, body: dict[str, Any], source: str) -> None:
         """The user entries of a GET-conversation body (REST, or a webhook's ``data``)."""
@@ -614,6 +629,7 @@ class _Extractor:
             _nonempty(init.get("user_id")) if isinstance(init, dict) else None
         )
         sources = _source_json(source)[1]
+        received_at = str(line.envelope.get("received_at"))
         typed: Counter[str] = Counter()  # per normalised text
         other: Counter[tuple[str, str]] = Counter()  # per (medium, normalised text)
         for index, entry in enumerate(transcript[:ENTRY_SLOTS]):
@@ -649,7 +665,7 @@ class _Extractor:
                     conversation_id,
                     user_id or DEFAULT_USER_ID,
                     text,
-                    turn_time(start, entry.get("time_in_call_secs")) or line.received_at,
+                    turn_time(start, entry.get("time_in_call_secs")) or received_at,
                     (
                         _metadata_template(source, medium, False)
                         % (seq, orjson.dumps(event_id), index, seq, index, orjson.dumps(user_id))
@@ -658,7 +674,7 @@ class _Extractor:
                     seq,
                 )
             )
-            self.sightings.append(_new_sighting((row, spoken, alias)))
+            self.sightings.append(_new_sighting((row, spoken, alias, [source, seq, index, medium, user_id])))
 
     def line(self, line: LogLine) -> None:
         envelope = line.envelope
@@ -704,7 +720,7 @@ def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> N
     """Phase two of a fold: each sighting into its row, in log order."""
     spoken: set[str] = set()
     wanted: set[str] = set()  # the keys whose stored rows the batch may touch
-    for row, is_spoken, alias in sightings:
+    for row, is_spoken, alias, _ in sightings:
         key = row.dedup_key
         if is_spoken:
             spoken.add(key)
@@ -716,20 +732,21 @@ def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> N
     aliases = dict(table.aliases(spoken)) if spoken else {}
     wanted.update(aliases.values())
     stored = table.rows(wanted) if wanted else {}
-    # Per key: the row so far (as stored, as first seen, or merged), or None once moved away.
-    rows: dict[str, UserTextRow | _Row | None] = {}
-    changed: dict[int, UserTextRow | _Row] = {}  # by id
+    # Per key the batch touched: the row so far (first seen, or merged with
+    # others or a stored row), or None once moved to another key.
+    rows: dict[str, Sighting | UserTextRow | _Row | None] = {}
     deleted: set[int] = set()
     inserted = duplicates = 0
 
     def merged_at(key: str) -> _Row | None:
         row = rows[key] if key in rows else stored.get(key)
-        if isinstance(row, UserTextRow):
+        if row is not None and not isinstance(row, _Row):
             row = _Row(row)
         rows[key] = row
         return row
 
-    for row, is_spoken, alias in sightings:
+    for sighting in sightings:
+        row, is_spoken, alias, _ = sighting
         key = row.dedup_key
         if alias is not None and alias not in aliases:
             aliases[alias] = result.aliases[alias] = key
@@ -742,33 +759,35 @@ def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> N
                     keep, drop = (target, orphan) if target.id < orphan.id else (orphan, target)
                     keep.add(drop)
                     deleted.add(drop.id)
-                    changed.pop(drop.id, None)
                     result.merged += 1
                     orphan = keep
                 orphan.key = key
-                rows[key] = changed[orphan.id] = orphan
+                rows[key] = orphan
         if is_spoken:
             key = aliases.get(key, key)
         current = rows.get(key)
         if current is None and key not in rows:
             current = stored.get(key)
         if current is None:
-            rows[key] = changed[row.id] = row if key == row.dedup_key else row._replace(dedup_key=key)
+            if key != row.dedup_key:
+                sighting = sighting._replace(row=row._replace(dedup_key=key))
+            rows[key] = sighting
             inserted += 1
             continue
-        if isinstance(current, UserTextRow):
+        if not isinstance(current, _Row):
             current = rows[key] = _Row(current)
-        current.add(row)
-        changed[current.id] = current
+        current.add(sighting)
         duplicates += 1
     result.inserted += inserted
     if duplicates:
         result.skipped[SkipReason.DUPLICATE_TURN] += duplicates
     # A row's id is its first sighting's place: those of earlier batches are smaller.
     first_new = sightings[0].row.id
-    for id, merged in changed.items():
-        value = merged if isinstance(merged, UserTextRow) else merged.value()
-        (result.rows if id >= first_new else result.updated).append(value)
+    for merged in rows.values():
+        if isinstance(merged, Sighting):
+            result.rows.append(merged.row)
+        elif isinstance(merged, _Row):
+            (result.rows if merged.id >= first_new else result.updated).append(merged.value())
     result.deleted.extend(sorted(deleted))
 
 

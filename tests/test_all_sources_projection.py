@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from ingest.errors import CaptureError, ProjectionError
 from ingest.log import events_dir
 from ingest.reader import iter_log
 from ingest.sim_account import AccountSpec
-from ingest.simulator import SimulatorThread
-from ingest.webhook_sender import DeliveryFactory, send_many
+from ingest.simulator import Scenario, SimulatorThread
+from ingest.webhook_sender import Delivery, DeliveryFactory, send, send_many
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite_store import iter_rows
 from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
@@ -49,17 +54,33 @@ def backfill(sim: SimulatorThread, data_dir: Path, *args: str) -> None:
     )  # fmt: skip
 
 
-def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
-    """Run ``capture webhook``, post each body as a signed post_call_transcription, stop it."""
-    env = subprocess_env(ELEVENLABS_WEBHOOK_SECRET=SECRET)
+@contextlib.contextmanager
+def running(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``capture *args`` for the body; then SIGTERM it and check it exits 0.
+
+    If the body fails, the process is killed instead.
+    """
     proc = subprocess.Popen(
-        [*capture_command(), "webhook", "--port", "0", "--data-dir", str(data_dir)],
-        env=env,
+        [*capture_command(), *args],
+        env=subprocess_env(ELEVENLABS_API_KEY=KEY, ELEVENLABS_WEBHOOK_SECRET=SECRET),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
+    """Run ``capture webhook``, post each body as a signed post_call_transcription, stop it."""
+    with running("webhook", "--port", "0", "--data-dir", str(data_dir)) as proc:
         assert proc.stderr is not None
         port = None
         deadline = time.monotonic() + TIMEOUT
@@ -77,13 +98,6 @@ def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
         ]
         url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
         assert sim.run(send_many(url, deliveries, concurrency=2), TIMEOUT) == [200] * len(deliveries)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def project(data_dir: Path) -> list[tuple[Any, ...]]:
@@ -152,11 +166,101 @@ def test_backfill_and_webhooks_give_each_turn_once(data_dir: Path) -> None:
         tuple(s[0] for s in orjson.loads(r[7])["sightings"]) for r in again if r[3] == replayed
     )
     assert set(sightings) == {("webhook", "rest", "webhook", "rest")}  # every copy is on its row
-    sources = Counter(line.source for line in iter_log(events_dir(data_dir)))
-    assert set(sources) == {"rest", "webhook"}
+    assert {line.source for line in iter_log(events_dir(data_dir))} == {"rest", "webhook"}
     conn = open_analytics(data_dir)
     try:
         view = list(run_query(conn, "SELECT * FROM user_texts ORDER BY id").rows)
     finally:
         conn.close()
     assert view == again
+
+
+async def post(url: str, delivery: Delivery) -> int:
+    async with aiohttp.ClientSession() as session:
+        return await send(session, url, delivery)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_rows(db: Path) -> list[tuple[Any, ...]]:
+    try:
+        return list(iter_rows(db))
+    except ProjectionError:
+        return []  # not created yet
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
+    """capture ingest with the agent socket, the monitor, REST polling and webhooks: each turn once, live.
+
+    The monitored conversation's typed turns reach the monitor as transcripts with
+    an event id; REST later says they were typed: they still end up one row each.
+    """
+    account = AccountSpec(
+        conversations=3,
+        in_progress=1,
+        processing=0,
+        failed_every=0,
+        done_after_polls=None,
+        done_after_seconds=0.5,
+    )
+    scenario = Scenario(end="wait", user_turns=["I need help with my bill.", "Thanks!"])
+    port = free_port()
+    db = data_dir / "whatsapp_storage.db"
+    with SimulatorThread(api_key=KEY, account=account, default=scenario, ping_interval=0.1) as sim:
+        assert sim.sim.account is not None
+        conversations = sim.sim.account.of_agent(AGENT)
+        [watched] = [c for c in conversations if c.status == "in-progress"]
+        delivered = next(c for c in conversations if c is not watched)
+        with running(
+            "ingest", "--agent-id", AGENT, "--base-url", sim.http_url, "--data-dir", str(data_dir),
+            "--webhook-port", str(port), "--backfill-follow", "--backfill-interval", "1", "--monitor",
+        ) as proc:  # fmt: skip
+            url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
+            delivery = DeliveryFactory(SECRET, agent_id=AGENT).transcription(
+                data=orjson.loads(sim.sim.account.body(delivered.conversation_id))
+            )
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # until the receiver listens
+                try:
+                    assert sim.run(post(url, delivery), TIMEOUT) == 200
+                    break
+                except CaptureError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "the receiver never listened"
+                    time.sleep(0.05)
+            expected = {(c.conversation_id, e["message"]) for c in conversations for e in c.user_entries()}
+
+            def complete() -> bool:
+                rows = read_rows(db)
+                seen = {(r[3], r[5]) for r in rows}
+                watched_rows = [r for r in rows if r[3] == watched.conversation_id]
+                live = [r for r in rows if r[8] == '["agent_ws"]']
+                return (
+                    expected <= seen
+                    and len(live) == 2
+                    and all("rest" in r[8] and "monitor" in r[8] for r in watched_rows)
+                )
+
+            while not complete():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, f"rows so far: {read_rows(db)}"
+                time.sleep(0.05)
+    rows = read_rows(db)
+    kinds = {"audio": "user_transcript", "text": "user_message"}
+    said = Counter(
+        (c.conversation_id, e["message"], kinds[e["source_medium"]])
+        for c in conversations
+        for e in c.user_entries()
+    )
+    assert (
+        Counter((r[3], r[5], r[2]) for r in rows if r[3] in {c.conversation_id for c in conversations})
+        == said
+    )
+    assert {r[8] for r in rows if r[3] == watched.conversation_id} == {'["monitor","rest"]'}
+    assert {r[8] for r in rows if r[3] == delivered.conversation_id} == {'["rest","webhook"]'}
+    assert sorted(r[5] for r in rows if r[8] == '["agent_ws"]') == sorted(scenario.user_turns)
+    assert len(rows) == sum(said.values()) + len(scenario.user_turns)

@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 
 def run(
-    lines: Sequence[LogLine], state: FoldState | None = None, table: MemoryTable | None = None
+    lines: Sequence[LogLine | range], state: FoldState | None = None, table: MemoryTable | None = None
 ) -> list[UserTextRow]:
     """Fold ``lines`` in one batch into ``table`` (a fresh one by default); return the whole table."""
     table = table if table is not None else MemoryTable()
@@ -342,7 +342,7 @@ def three_sources(order: Sequence[str]) -> list[LogLine]:
         "rest": [("rest", orjson.dumps(body).decode(), "in")],
         "webhook": [("webhook", webhook(body), "in")],
     }
-    lines = []
+    lines: list[LogLine] = []
     for source, frame, direction in itertools.chain.from_iterable(frames[name] for name in order):
         seq = len(lines) + 1
         lines.append(line(seq, frame, source=source, direction=direction, received_at=stamp(seq)))

@@ -588,8 +588,8 @@ def reference(raw_lines: Sequence[bytes]) -> Reference:
         if conv is None:
             key = ("line", seq)
         elif typed_turn:
-            scope = (conn, epoch.get(conn, 0), conv, normal)
-            typed[scope] = n = typed.get(scope, 0) + 1
+            counted = (conn, epoch.get(conn, 0), conv, normal)
+            typed[counted] = n = typed.get(counted, 0) + 1
             key = ("typed", conv, normal, n)
         elif event_id is not None:
             key, spoken = ("spoken", conv, str(event_id), normal), True
