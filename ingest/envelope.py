@@ -36,10 +36,10 @@ from .frames import Frame
 
 
 __all__ = [
+    "EVENT_KEY",
     "LogLine",
     "Origin",
     "decode_line",
-    "decode_parsed_line",
     "encode_line",
     "format_epoch_ns",
     "format_timestamp",
@@ -48,7 +48,8 @@ __all__ = [
 
 Direction = Literal["in", "out"]
 
-_EVENT_KEY = b',"event":'
+#: What precedes the frame in a line: the frame is spliced in right after it.
+EVENT_KEY = b',"event":'
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ def encode_line(seq: int, received_at: str, origin: Origin, frame: Frame) -> byt
         }
     )
     if frame.spliceable:
-        return b"".join((header[:-1], _EVENT_KEY, raw, b"}\n"))
+        return b"".join((header[:-1], EVENT_KEY, raw, b"}\n"))
     if isinstance(frame.data, bytes):
         tail = orjson.dumps({"raw_b64": base64.b64encode(raw).decode("ascii")})
     else:
@@ -186,48 +187,10 @@ def decode_line(line: bytes) -> LogLine:
     event: dict[str, Any] | None = None
     if "event" in envelope:
         event = envelope["event"]
-        start = line.find(_EVENT_KEY)
+        start = line.find(EVENT_KEY)
         if start < 0 or not isinstance(event, dict):
             raise LineError("event is not a spliced JSON object")
-        raw = line[start + len(_EVENT_KEY) : -1]
-    elif isinstance(envelope.get("raw"), str):
-        raw = frame_bytes(envelope["raw"])
-    elif isinstance(envelope.get("raw_b64"), str):
-        try:
-            raw = base64.b64decode(envelope["raw_b64"], validate=True)
-        except ValueError:
-            raise LineError("raw_b64 is not base64") from None
-    else:
-        raise LineError("no event, raw or raw_b64")
-    crc = envelope.get("crc32")
-    if crc is not None and crc != zlib.crc32(raw):
-        raise LineError("crc32 does not match the frame")
-    return LogLine(seq, envelope, event, raw)
-
-
-def decode_parsed_line(line: bytes, envelope: Any) -> LogLine:
-    """Check one log line a caller already parsed, and return it decoded.
-
-    The same checks and result as :func:`decode_line`, without parsing the
-    line a second time: ``envelope`` must be ``orjson.loads(line)``.
-
-    Raises:
-        LineError: as :func:`decode_line`.
-
-    """
-    if not isinstance(envelope, dict):
-        raise LineError("not a JSON object")
-    seq = envelope.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        raise LineError("no integer seq")
-    line = line.rstrip(b"\n")
-    event: dict[str, Any] | None = None
-    if "event" in envelope:
-        event = envelope["event"]
-        start = line.find(_EVENT_KEY)
-        if start < 0 or not isinstance(event, dict):
-            raise LineError("event is not a spliced JSON object")
-        raw = line[start + len(_EVENT_KEY) : -1]
+        raw = line[start + len(EVENT_KEY) : -1]
     elif isinstance(envelope.get("raw"), str):
         raw = frame_bytes(envelope["raw"])
     elif isinstance(envelope.get("raw_b64"), str):

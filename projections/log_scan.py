@@ -21,20 +21,33 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from ingest.envelope import LineError, LogLine, decode_line, decode_parsed_line
+from ingest.envelope import EVENT_KEY, LineError, LogLine, decode_line
 from ingest.reader import open_segment
 from ingest.segments import first_seq_of, list_segments
 
 from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK
 
 
-__all__ = ["LineItem", "LogTail", "ScanStats", "TailRead", "classify_lines", "may_hold_rest", "scan"]
+__all__ = [
+    "Chunk",
+    "LineItem",
+    "LogTail",
+    "ScanStats",
+    "TailRead",
+    "ToDecode",
+    "classify",
+    "classify_lines",
+    "decoded",
+    "may_hold_rest",
+    "read_chunks",
+    "scan",
+    "scan_size",
+]
 
 #: What the readers yield: a decoded line, or the seqs of consecutive lines the rule does not read.
 LineItem = LogLine | range
@@ -45,7 +58,8 @@ _CHUNK = 1 << 20
 # type right there. Header strings are JSON-escaped, so the first match is the
 # frame's own key, and the envelope's source is between the two.
 _HEAD = re.compile(rb'\{"seq":(\d+),')
-_TYPE_AT_FRAME_START = b',"event":{"type":"'
+_TYPE_START = b'{"type":"'
+_BACKSLASH = ord("\\")  # `int in bytes` is a plain byte search
 # Frame types the rule may read from some source (it checks the source itself).
 _RULE_TYPE_BYTES = frozenset(kind.encode() for kinds in LIVE_RULE_TYPES.values() for kind in kinds) | {
     TRANSCRIPTION_TYPE.encode()
@@ -67,8 +81,8 @@ def _wanted(envelope: dict[str, Any]) -> bool:
     return kinds is not None and type(event) is dict and event.get("type") in kinds
 
 
-def _parsed(raw: bytes) -> int | LogLine | None:
-    """Parse a line the fast path cannot read: its seq, the line if the rule reads it, ``None`` if invalid."""
+def _parsed(raw: bytes) -> tuple[int, bool] | None:
+    """Parse a line the usual path cannot read: its seq and whether the rule reads it; ``None`` if invalid."""
     try:
         envelope = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -78,31 +92,43 @@ def _parsed(raw: bytes) -> int | LogLine | None:
         return None
     if "event" in envelope and type(envelope["event"]) is not dict:
         return None
-    if not _wanted(envelope):
-        return seq
-    try:
-        return decode_parsed_line(raw, envelope)
-    except LineError:
-        return None
+    return seq, _wanted(envelope)
 
 
-def classify_lines(
+def _looked_at(raw: bytes, rest_possible: bool) -> tuple[int, bool] | None:
+    """A line off the usual path: its seq and whether the rule reads it; ``None`` if invalid."""
+    head = _HEAD.match(raw)
+    if head is not None:
+        at = raw.find(EVENT_KEY) + len(EVENT_KEY)
+        if at > len(EVENT_KEY) and raw.startswith(_TYPE_START, at):
+            at += len(_TYPE_START)
+            kind = raw[at : raw.find(b'"', at)]
+            if _BACKSLASH not in kind:
+                wanted = kind in _RULE_TYPE_BYTES or (rest_possible and raw.find(_REST_SOURCE, 0, at) >= 0)
+                return int(head[1]), wanted
+    return _parsed(raw)
+
+
+#: A line :func:`classify` leaves to decode: (its index in the lines given, its seq).
+ToDecode = tuple[int, int]
+
+
+def classify(
     raws: Sequence[bytes], after_seq: int = 0, *, rest_possible: bool = True
-) -> tuple[list[LineItem], list[int]]:
-    """Turn complete lines into what the fold needs.
+) -> tuple[list[range | ToDecode], list[int]]:
+    """Sort complete lines into runs the rule does not read and lines it does, without decoding those.
 
     The rule reads, per source: the frame types in
     :data:`~projections.user_texts.LIVE_RULE_TYPES`; every ``rest`` line; a
     ``webhook`` line holding a ``post_call_transcription`` (or a ``raw``
     frame, whose type only parsing tells). A line that starts as the writer
     writes it (``{"seq":…,``), whose frame starts with ``{"type":"…"`` (no
-    escape in the type) and that the rule does not read is classified in
-    place, without parsing: it gives no row either way, so it is not
-    validated beyond its seq. Every other line is parsed (orjson)
-    once, and one the rule reads is decoded and checked in full, ``crc32``
-    included. Consecutive lines the rule does not read are handed on as one
-    ``range`` of seqs. (A frame that repeats its ``type`` key has no agreed
-    meaning: parsers differ on which value wins.)
+    escape in the type) is classified in place, without parsing; if the
+    rule does not read it, it gives no row either way, so it is not
+    validated beyond its seq. Every other line is parsed (orjson).
+    Consecutive lines the rule does not read are handed on as one ``range``
+    of seqs. (A frame that repeats its ``type`` key has no agreed meaning:
+    parsers differ on which value wins.)
 
     Args:
         raws: Complete lines, with or without their newline.
@@ -111,77 +137,100 @@ def classify_lines(
             line (:func:`may_hold_rest` of their bytes), which saves a search per line.
 
     Returns:
-        The items, in order, and the indexes in ``raws`` of the lines that are
-        not valid log lines.
+        The items in order, each a ``range`` or a line to decode and check
+        (:func:`decoded`); and the indexes in ``raws`` of the lines found
+        not to be valid log lines.
 
     """
-    items: list[LineItem] = []
+    items: list[range | ToDecode] = []
     invalid: list[int] = []
     keep = items.append
-    # Locals, not globals, in the loop: at about a microsecond a line, lookups count.
-    head_of = _HEAD.match
-    type_key = _TYPE_AT_FRAME_START
-    skip = len(type_key)
-    rule_types = _RULE_TYPE_BYTES
-    rest = _REST_SOURCE
-    run_start = run_end = 0  # the pending run of seqs is range(run_start, run_end); empty if equal
-    expected = -1  # the seq of the next line when the log goes on without a gap
+    floor = after_seq + 1  # the lowest seq handed on
+    # Locals, not globals, in the loop: it runs for every line of a rebuild.
+    event_key, type_start = EVENT_KEY, _TYPE_START
+    skip_key, skip_type = len(EVENT_KEY), len(_TYPE_START)
+    rule_types, rest = _RULE_TYPE_BYTES, _REST_SOURCE
+    # The pending run of lines the rule does not read is range(run_start, expected);
+    # `expected` is the seq the next line has when the log goes on without a gap.
+    run_start = expected = -1
     for index, raw in enumerate(raws):
-        line: LogLine | None = None
-        # Cheaper than the regex and int(): the usual next line starts with the next seq.
-        prefix = b'{"seq":%d,' % expected
-        if raw.startswith(prefix):
-            seq, start = expected, len(prefix)
-        else:
-            head = head_of(raw)
-            seq, start = (int(head[1]), head.end()) if head else (0, -1)
-        if start >= 0:
-            at = raw.find(type_key, start) + skip
-            if at > skip:
+        wanted: bool | None = None
+        # The usual line: the next seq, a frame whose type sits right after
+        # the envelope's first `,"event":` (header strings are JSON-escaped,
+        # so that is the envelope's own key).
+        if raw.startswith(b'{"seq":%d,' % expected):
+            at = raw.find(event_key) + skip_key
+            # Slicing and comparing beats startswith(x, at) and `b"\\" in`,
+            # whose argument parsing costs more than the search.
+            if at > skip_key and raw[at : at + skip_type] == type_start:
+                at += skip_type
                 kind = raw[at : raw.find(b'"', at)]
-                # Every REST body is read, whatever its first key.
-                if (
-                    kind not in rule_types
-                    and b"\\" not in kind
-                    and not (rest_possible and raw.find(rest, start - 1, at) >= 0)
-                ):
-                    expected = seq + 1
-                    if seq == run_end and run_end:
-                        run_end += 1  # the common case: the next line of a run
-                    elif seq > after_seq:
-                        if run_end > run_start:
-                            keep(range(run_start, run_end))
-                        run_start, run_end = seq, seq + 1
-                    continue
-                if b"\\" not in kind:
-                    try:
-                        line = decode_line(raw)
-                    except LineError:
-                        invalid.append(index)
+                if _BACKSLASH not in kind:
+                    if kind not in rule_types and not (rest_possible and raw.find(rest, 0, at) >= 0):
+                        expected += 1  # the most common line of all
                         continue
-        if line is None:  # not as the writer writes lines: parse it
-            found = _parsed(raw)
+                    seq, wanted = expected, True
+        if wanted is None:
+            found = _looked_at(raw, rest_possible)
             if found is None:
                 invalid.append(index)
                 continue
-            if isinstance(found, int):
-                expected = found + 1
-                if found == run_end and run_end:
-                    run_end += 1
-                elif found > after_seq:
-                    if run_end > run_start:
-                        keep(range(run_start, run_end))
-                    run_start, run_end = found, found + 1
+            seq, wanted = found
+            if not wanted and seq == expected:
+                expected += 1
                 continue
-            line = found
-        expected = line.seq + 1
-        if line.seq > after_seq:
-            if run_end > run_start:
-                keep(range(run_start, run_end))
-            run_start = run_end = 0
-            keep(line)
-    if run_end > run_start:
-        keep(range(run_start, run_end))
+        if expected > run_start and expected > floor:
+            keep(range(max(run_start, floor), expected))
+        if wanted:
+            if seq >= floor:
+                keep((index, seq))
+            run_start = expected = seq + 1
+        else:
+            run_start, expected = seq, seq + 1
+    if expected > run_start and expected > floor:
+        keep(range(max(run_start, floor), expected))
+    return items, invalid
+
+
+def decoded(raw: bytes, seq: int) -> LogLine | None:
+    """Decode and check a line :func:`classify` left to decode; ``None`` if it is not a valid line.
+
+    ``seq`` is the one :func:`classify` read: a line whose JSON says otherwise
+    (a repeated ``seq`` key) is not valid either.
+    """
+    try:
+        line = decode_line(raw)
+    except LineError:
+        return None
+    return line if line.seq == seq else None
+
+
+def classify_lines(
+    raws: Sequence[bytes], after_seq: int = 0, *, rest_possible: bool = True
+) -> tuple[list[LineItem], list[int]]:
+    """:func:`classify`, with the lines the rule reads decoded and checked (JSON, ``crc32``).
+
+    Returns:
+        The items, in order, and the indexes in ``raws`` of the lines that are
+        not valid log lines, in order.
+
+    """
+    found, invalid = classify(raws, after_seq, rest_possible=rest_possible)
+    items: list[LineItem] = []
+    failed = False
+    for item in found:
+        if type(item) is range:
+            items.append(item)
+            continue
+        index, seq = item
+        line = decoded(raws[index], seq)
+        if line is None:
+            invalid.append(index)
+            failed = True
+        else:
+            items.append(line)
+    if failed:
+        invalid.sort()
     return items, invalid
 
 
@@ -219,7 +268,38 @@ def _start(segments: list[Path], after_seq: int) -> int:
     return start
 
 
-def _scan_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator[list[LineItem]]:
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Complete lines read from one segment.
+
+    Attributes:
+        segment_seq: The segment's first seq (how positions name it).
+        offset: Byte offset of the first line in the segment.
+        raws: The lines, without their newlines.
+        rest_possible: Whether any of them may be a REST line (:func:`may_hold_rest`).
+
+    """
+
+    segment_seq: int
+    offset: int
+    raws: list[bytes]
+    rest_possible: bool
+
+    def position(self, index: int) -> tuple[int, int]:
+        """Where line ``index`` is: (segment's first seq, byte offset)."""
+        return self.segment_seq, _offset(self.raws, self.offset, index)
+
+
+def read_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator[Chunk]:
+    """The complete lines of the segments that may hold seqs above ``after_seq``, about 1 MiB at a time.
+
+    The end of the log inside a line sets ``stats.partial_tail``; a closed
+    segment's torn end is added to ``stats.invalid``.
+
+    Raises:
+        LogError: a segment cannot be read.
+
+    """
     segments = list_segments(events_dir)
     for index in range(_start(segments, after_seq), len(segments)):
         path = segments[index]
@@ -229,13 +309,16 @@ def _scan_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator
         with open_segment(path) as f:
             # Whole chunks split in C: much cheaper per line than readline.
             while chunk := f.read(_CHUNK):
-                data = pending + chunk if pending else chunk
-                raws = data.split(b"\n")
+                raws = chunk.split(b"\n")
+                rest_possible = may_hold_rest(chunk)
+                carried = len(pending)
+                if pending:  # the line the previous chunk ended inside
+                    raws[0] = pending + raws[0]
+                    rest_possible = rest_possible or may_hold_rest(raws[0])
                 pending = raws.pop()
-                items, invalid = classify_lines(raws, after_seq, rest_possible=may_hold_rest(data))
-                stats.invalid.extend((segment_seq, _offset(raws, offset, i)) for i in invalid)
-                offset += sum(map(len, raws)) + len(raws)
-                yield items
+                if raws:
+                    yield Chunk(segment_seq, offset, raws, rest_possible)
+                offset += carried + len(chunk) - len(pending)
         if pending:
             if index == len(segments) - 1:
                 stats.partial_tail = True
@@ -243,14 +326,41 @@ def _scan_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator
                 stats.invalid.append((segment_seq, offset))
 
 
+def scan_size(events_dir: Path, after_seq: int = 0) -> int:
+    """How many bytes :func:`scan` from ``after_seq`` reads (compressed segments count as stored)."""
+    segments = list_segments(events_dir)
+    total = 0
+    for path in segments[_start(segments, after_seq) :]:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass  # compressed or removed meanwhile
+    return total
+
+
 def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -> Iterator[LineItem]:
     """Yield one item per line with seq above ``after_seq``, in log order, streaming.
 
-    Segments created after the call started are not read; call again to continue.
+    Each line the rule reads is decoded as it is yielded: a caller that folds
+    it at once keeps few decoded lines alive, which is much faster than
+    holding thousands. Segments created after the call started are not read;
+    call again to continue.
     """
-    return chain.from_iterable(
-        _scan_chunks(events_dir, after_seq, stats if stats is not None else ScanStats())
-    )
+    stats = stats if stats is not None else ScanStats()
+    for chunk in read_chunks(events_dir, after_seq, stats):
+        raws = chunk.raws
+        found, invalid = classify(raws, after_seq, rest_possible=chunk.rest_possible)
+        stats.invalid.extend(chunk.position(i) for i in invalid)
+        for item in found:
+            if type(item) is range:
+                yield item
+                continue
+            index, seq = item
+            line = decoded(raws[index], seq)
+            if line is None:
+                stats.invalid.append(chunk.position(index))
+            else:
+                yield line
 
 
 @dataclass

@@ -25,8 +25,8 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -42,7 +42,8 @@ from ingest.log import events_dir
 from ingest.reader import last_seq_of, open_segment
 from ingest.segments import first_seq_of, list_segments
 
-from .log_scan import ScanStats, scan
+from .log_scan import LineItem, ScanStats, scan
+from .read_ahead import scan_ahead, worth_reading_ahead
 from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCounts, UserTextRow, fold
 
 
@@ -479,10 +480,17 @@ def _catch_up(
     *,
     batch_lines: int,
     progress: Progress | None,
+    read_ahead: bool | None,
 ) -> None:
-    """Apply every line of the log after the store's position, batch by batch."""
+    """Apply every line of the log after the store's position, batch by batch.
+
+    ``read_ahead``: read and classify in a second process (:mod:`.read_ahead`);
+    ``None`` decides by the cores and the amount to read.
+    """
+    if read_ahead is None:
+        read_ahead = worth_reading_ahead(folder, store.last_seq)
     with _cyclic_gc_paused():
-        _apply_log(store, folder, report, batch_lines=batch_lines, progress=progress)
+        _apply_log(store, folder, report, batch_lines=batch_lines, progress=progress, read_ahead=read_ahead)
 
 
 def _apply_log(
@@ -492,35 +500,48 @@ def _apply_log(
     *,
     batch_lines: int,
     progress: Progress | None,
+    read_ahead: bool,
 ) -> None:
     while True:
         stats = ScanStats()
-        lines = scan(folder, store.last_seq, stats)
-        invalid_seen = 0
-        moved = False
-        while True:
-            from_seq = store.last_seq
-            # Folded in place: a refused batch is undone by reload() below.
-            result = fold(store.state, islice(lines, batch_lines), store)
-            invalid = stats.invalid[invalid_seen:]
-            if result.lines == 0 and not result.skipped and not invalid:
-                break
-            inserted = store.apply(result, from_seq, invalid)
-            if inserted is None:
-                moved = True
-                break
-            invalid_seen = len(stats.invalid)
-            report.lines_read += result.lines
-            report.rows_written += inserted
-            report.skipped.update(result.skipped)
-            report.gaps.extend(result.gaps)
-            if progress is not None:
-                progress(store.last_seq)
+        lines = (scan_ahead if read_ahead else scan)(folder, store.last_seq, stats)
+        with closing(lines) if isinstance(lines, Generator) else nullcontext():
+            moved = _apply_scanned(store, lines, stats, report, batch_lines=batch_lines, progress=progress)
         if not moved:
             report.partial_tail = stats.partial_tail
             report.last_seq = store.last_seq
             return
         store.reload()
+
+
+def _apply_scanned(
+    store: UserTextStore,
+    lines: Iterator[LineItem],
+    stats: ScanStats,
+    report: ProjectReport,
+    *,
+    batch_lines: int,
+    progress: Progress | None,
+) -> bool:
+    """Fold and store ``lines`` batch by batch; ``True`` if another projector moved the position first."""
+    invalid_seen = 0
+    while True:
+        from_seq = store.last_seq
+        # Folded in place: a refused batch is undone by reload().
+        result = fold(store.state, islice(lines, batch_lines), store)
+        invalid = stats.invalid[invalid_seen:]
+        if result.lines == 0 and not result.skipped and not invalid:
+            return False
+        inserted = store.apply(result, from_seq, invalid)
+        if inserted is None:
+            return True
+        invalid_seen = len(stats.invalid)
+        report.lines_read += result.lines
+        report.rows_written += inserted
+        report.skipped.update(result.skipped)
+        report.gaps.extend(result.gaps)
+        if progress is not None:
+            progress(store.last_seq)
 
 
 def project(
@@ -529,13 +550,16 @@ def project(
     *,
     batch_lines: int = 10_000,
     progress: Progress | None = None,
+    read_ahead: bool | None = None,
 ) -> ProjectReport:
     """Bring the table up to date with the log, from the stored position.
 
     Safe to run at any time, also while ``capture ingest`` (and its live
     projection) runs, and after a crash: it resumes where the last committed
     batch ended. Memory stays flat: the log is streamed, ``batch_lines`` at a
-    time.
+    time. ``read_ahead``: classify lines in a second process
+    (:mod:`projections.read_ahead`); by default when there are two cores and
+    much to read.
 
     Raises:
         ProjectionError: the database cannot be opened or written.
@@ -546,7 +570,14 @@ def project(
     started = time.perf_counter()
     report = ProjectReport(db_path)
     with UserTextStore.open(db_path) as store:
-        _catch_up(store, events_dir(data_dir), report, batch_lines=batch_lines, progress=progress)
+        _catch_up(
+            store,
+            events_dir(data_dir),
+            report,
+            batch_lines=batch_lines,
+            progress=progress,
+            read_ahead=read_ahead,
+        )
     report.elapsed = time.perf_counter() - started
     return report
 
@@ -677,13 +708,14 @@ def rebuild(
     *,
     batch_lines: int = 20_000,
     progress: Progress | None = None,
+    read_ahead: bool | None = None,
 ) -> ProjectReport:
     """Rebuild the table from the whole log into a new file, then swap it in.
 
     Readers of the old file never see a half-built table; a kill at any moment
     leaves the old database untouched (the scratch file
     ``<db>.rebuild`` is reused by the next rebuild). Memory stays flat.
-    Lines appended while the rebuild runs are applied by the live projection
+    ``read_ahead`` as for :func:`project`. Lines appended while the rebuild runs are applied by the live projection
     or the next ``capture project``.
 
     Raises:
@@ -705,7 +737,7 @@ def rebuild(
             raise _error(scratch, exc) from exc
         store = UserTextStore(scratch, conn)
         folder = events_dir(data_dir)
-        _catch_up(store, folder, report, batch_lines=batch_lines, progress=progress)
+        _catch_up(store, folder, report, batch_lines=batch_lines, progress=progress, read_ahead=read_ahead)
         try:
             for statement in _INDEXES:
                 conn.execute(statement)
