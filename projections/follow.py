@@ -29,9 +29,13 @@ from .sqlite_store import UserTextStore
 from .user_texts import fold
 
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "follow", "main"]
+__all__ = ["DEFAULT_POLL_INTERVAL", "NICENESS_STEP", "follow", "main"]
 
 DEFAULT_POLL_INTERVAL = 0.02
+#: How much nicer than ``capture ingest`` the follower runs on POSIX (19 is the floor):
+#: as nice as can be, so that under a burst it gets only the CPU time the
+#: receive path leaves; when the CPU is idle, niceness costs it nothing.
+NICENESS_STEP = 19
 _BATCH_LINES = 5_000
 
 
@@ -125,7 +129,7 @@ def _lower_priority(niceness: int | None) -> None:
     if not hasattr(os, "setpriority"):
         return  # Windows: the parent starts us BELOW_NORMAL
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    target = min(19, current + 5) if niceness is None else niceness
+    target = min(19, current + NICENESS_STEP) if niceness is None else niceness
     if target > current:  # never raise it (that needs privileges anyway)
         os.setpriority(os.PRIO_PROCESS, 0, target)
 
@@ -137,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL)
     parser.add_argument(
-        "--niceness", type=int, default=None, help="POSIX niceness to run at (default: 5 more than now)"
+        "--niceness",
+        type=int,
+        default=None,
+        help=f"POSIX niceness to run at (default: {NICENESS_STEP} more than now)",
     )
     args = parser.parse_args(argv)
     # The terminal's Ctrl-C reaches the whole process group; the parent stops

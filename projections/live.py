@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ingest.log import LogWriter
 
-from .follow import DEFAULT_POLL_INTERVAL
+from .follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP
 from .sqlite_store import UserTextStore, default_db_path, projection_status
 
 
@@ -39,9 +39,6 @@ __all__ = [
 log = logging.getLogger("capture.projection")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-
-#: How much nicer than ``capture ingest`` the follower runs on POSIX (19 is the floor).
-NICENESS_STEP = 5
 
 
 class LiveProjection:
@@ -128,7 +125,11 @@ def start_live_projection(
     else:
         niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS_STEP)
         argv += ["--niceness", str(niceness)]
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, start_new_session=True)
+        # Its own process group, so that the terminal's Ctrl-C does not reach
+        # it (the parent stops it once the log is closed), but the same
+        # session: Linux's autogroup scheduling gives each session an equal
+        # share of the CPU, which would make niceness across sessions moot.
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, process_group=0)
         # At once, so that its start-up (imports, catching up) already yields to a
         # burst; the follower sets the same value itself should this lose a race.
         try:

@@ -180,6 +180,10 @@ def test_the_follower_runs_nicer_than_its_parent(tmp_path: Path) -> None:
     live = start_live_projection(data_dir, db)
     try:
         assert os.getpriority(os.PRIO_PROCESS, live.pid) == expected  # from its first instruction on
+        # Niceness only weighs against processes of the same session (Linux
+        # autogroups): same session, but its own process group (no Ctrl-C).
+        assert os.getsid(live.pid) == os.getsid(0)
+        assert os.getpgid(live.pid) == live.pid != os.getpgid(0)
         seq = writer.append(SENT, inspect_frame(message("hello")))
         wait_until(lambda: projected_seq(db) >= seq, 10, "the follower to run")
         assert os.getpriority(os.PRIO_PROCESS, live.pid) == expected  # and not lowered twice
