@@ -64,6 +64,10 @@ _BACKSLASH = ord("\\")  # `int in bytes` is a plain byte search
 _RULE_TYPE_BYTES = frozenset(kind.encode() for kinds in LIVE_RULE_TYPES.values() for kind in kinds) | {
     TRANSCRIPTION_TYPE.encode()
 }
+# Every rule type is at least this long, so its first characters tell it apart.
+_HEAD_CHARS = min(map(len, _RULE_TYPE_BYTES))
+_FRAME_HEAD = len(_TYPE_START) + _HEAD_CHARS
+_RULE_HEADS = frozenset(_TYPE_START + kind[:_HEAD_CHARS] for kind in _RULE_TYPE_BYTES)
 _REST_SOURCE = b',"source":"' + REST.encode() + b'",'
 # Bytes without this hold no REST line (inside a JSON string a quote is escaped).
 _REST_MARK = _REST_SOURCE[1:-1]
@@ -148,8 +152,8 @@ def classify(
     floor = after_seq + 1  # the lowest seq handed on
     # Locals, not globals, in the loop: it runs for every line of a rebuild.
     event_key, type_start = EVENT_KEY, _TYPE_START
-    skip_key, skip_type = len(EVENT_KEY), len(_TYPE_START)
-    rule_types, rest = _RULE_TYPE_BYTES, _REST_SOURCE
+    skip_key, skip_type, frame_head = len(EVENT_KEY), len(_TYPE_START), _FRAME_HEAD
+    rule_heads, rule_types, rest = _RULE_HEADS, _RULE_TYPE_BYTES, _REST_SOURCE
     # The pending run of lines the rule does not read is range(run_start, expected);
     # `expected` is the seq the next line has when the log goes on without a gap.
     run_start = expected = -1
@@ -160,14 +164,21 @@ def classify(
         # so that is the envelope's own key).
         if raw.startswith(b'{"seq":%d,' % expected):
             at = raw.find(event_key) + skip_key
-            # Slicing and comparing beats startswith(x, at) and `b"\\" in`,
-            # whose argument parsing costs more than the search.
-            if at > skip_key and raw[at : at + skip_type] == type_start:
+            # The frame's first bytes: `{"type":"` and the type's first
+            # _HEAD_CHARS characters (or all of it and what follows). Without
+            # a backslash they are the decoded type's own first characters:
+            # if no rule type starts with them, the rule does not read the line.
+            head = raw[at : at + frame_head]
+            if at > skip_key and head.startswith(type_start) and _BACKSLASH not in head:
+                rest_line = rest_possible and raw.find(rest, 0, at) >= 0
+                if head not in rule_heads and not rest_line:
+                    expected += 1  # the most common line of all
+                    continue
                 at += skip_type
                 kind = raw[at : raw.find(b'"', at)]
                 if _BACKSLASH not in kind:
-                    if kind not in rule_types and not (rest_possible and raw.find(rest, 0, at) >= 0):
-                        expected += 1  # the most common line of all
+                    if not rest_line and kind not in rule_types:
+                        expected += 1
                         continue
                     seq, wanted = expected, True
         if wanted is None:
