@@ -555,14 +555,14 @@ class _Extractor:
             text = event.get("text")
         else:
             inner = event.get("user_transcription_event")
-            if not isinstance(inner, dict):
+            if type(inner) is not dict:  # orjson makes exact types
                 result.skipped[SkipReason.NO_TEXT] += 1
                 return
             text = inner.get("user_transcript")
             event_id = inner.get("event_id")
-            if not isinstance(event_id, _ID_TYPES) or isinstance(event_id, bool):
+            if type(event_id) is not int and type(event_id) is not str:
                 event_id = None
-        if not isinstance(text, str):
+        if type(text) is not str:
             result.skipped[SkipReason.NO_TEXT] += 1
             return
         if not text.strip(WHITESPACE):
@@ -571,10 +571,10 @@ class _Extractor:
         seq = line.seq
         conversation_id = envelope.get("conversation_id")
         connection_id = envelope.get("connection_id")
-        if not isinstance(connection_id, str):
+        if type(connection_id) is not str:
             connection_id = None
         spoken = False
-        if not isinstance(conversation_id, str):
+        if type(conversation_id) is not str:
             conversation_id = None
             key = line_key(seq)
         elif typed:
@@ -590,7 +590,7 @@ class _Extractor:
         user_id = self.state.user_ids.get(connection_id) if connection_id is not None else None
         if user_id is None:
             user_id = event.get("user_id")
-            if not isinstance(user_id, str) or not user_id:
+            if type(user_id) is not str or not user_id:
                 user_id = None
         medium = _TEXT if typed else _AUDIO if source == AGENT_WS else None
         sources = _source_json(source)[1]
@@ -679,19 +679,21 @@ class _Extractor:
     def line(self, line: LogLine) -> None:
         envelope = line.envelope
         source = envelope.get("source")
-        if isinstance(source, str) and (wanted := LIVE_RULE_TYPES.get(source)) is not None:
+        if type(source) is str and (wanted := LIVE_RULE_TYPES.get(source)) is not None:
             event = line.event
             if event is None:
                 return
             kind = event.get("type")
-            if not isinstance(kind, str) or wanted.get(kind) != envelope.get("direction"):
+            if type(kind) is not str or wanted.get(kind) != envelope.get("direction"):
                 return
-            if kind == INIT_TYPE:
+            if kind == _TRANSCRIPT:
+                self.live(line, event, source, False)
+            elif kind == _MESSAGE:
+                self.live(line, event, source, True)
+            elif kind == INIT_TYPE:
                 self.init(envelope, event)
-            elif kind == CLOSED_TYPE:
-                self.close(envelope.get("connection_id"))
             else:
-                self.live(line, event, source, typed=kind == _MESSAGE)
+                self.close(envelope.get("connection_id"))
         elif source == REST or source == WEBHOOK:
             body = line.event
             if body is None and isinstance(envelope.get("raw"), str):
@@ -807,7 +809,7 @@ def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -
     last_seq = state.last_seq
     applied = 0
     for line in lines:
-        if isinstance(line, range):
+        if type(line) is range:
             first, stop = line.start, line.stop
             if first <= last_seq:
                 duplicates = min(stop, last_seq + 1) - first
