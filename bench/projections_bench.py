@@ -246,13 +246,23 @@ def cpu_seconds():
 """
 
 
-def best_of(runs: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``measure`` ``runs`` times; keep the fastest (this machine is shared and noisy)."""
-    results = [measure() for _ in range(max(1, runs))]
-    best = min(results, key=lambda r: r["elapsed"])
-    best["peak_mb"] = max(r["peak_mb"] for r in results)
-    best["children_peak_mb"] = max(r.get("children_peak_mb", 0.0) for r in results)
-    return best
+def best_of(runs: int, *measures: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run each measure ``runs`` times, taking turns; keep each one's fastest run.
+
+    This machine is shared and its speed drifts: taking turns lets a slow or
+    fast spell hit every measure alike.
+    """
+    results: list[list[dict[str, Any]]] = [[] for _ in measures]
+    for _ in range(max(1, runs)):
+        for done, measure in zip(results, measures, strict=True):
+            done.append(measure())
+    bests = []
+    for done in results:
+        best = min(done, key=lambda r: r["elapsed"])
+        best["peak_mb"] = max(r["peak_mb"] for r in done)
+        best["children_peak_mb"] = max(r.get("children_peak_mb", 0.0) for r in done)
+        bests.append(best)
+    return bests
 
 
 def parse_ceiling(data_dir: Path) -> dict[str, Any]:
@@ -460,10 +470,12 @@ def main() -> None:
             f"[dim]{total:,} lines, {size / 2**20:,.0f} MiB in {time.perf_counter() - started:.0f} s[/dim]"
         )
 
-        console.print("[dim]parse-only ceiling …[/dim]")
-        ceiling = best_of(args.repeats, lambda: parse_ceiling(data_dir))
-        console.print("[dim]rebuild …[/dim]")
-        built = best_of(args.repeats, lambda: rebuild_run(data_dir, work / "rebuild.db", total))
+        console.print("[dim]parse-only ceiling and rebuild, taking turns …[/dim]")
+        ceiling, built = best_of(
+            args.repeats,
+            lambda: parse_ceiling(data_dir),
+            lambda: rebuild_run(data_dir, work / "rebuild.db", total),
+        )
         console.print("[dim]views vs direct read_json …[/dim]")
         views = views_vs_direct(data_dir, max(3, args.repeats))
         console.print(f"[dim]live lag at {args.rate:,.0f} frames/s for {args.lag_seconds:.0f} s …[/dim]")
@@ -472,8 +484,11 @@ def main() -> None:
         console.print(f"[dim]dense log (27% user turns): {dense_lines:,} lines, ceiling and rebuild …[/dim]")
         dense_dir = work / "dense"
         dense_total = generate(dense_dir, dense_lines, "dense")
-        dense_ceiling = best_of(args.repeats, lambda: parse_ceiling(dense_dir))
-        dense_built = best_of(args.repeats, lambda: rebuild_run(dense_dir, work / "dense.db", dense_total))
+        dense_ceiling, dense_built = best_of(
+            args.repeats,
+            lambda: parse_ceiling(dense_dir),
+            lambda: rebuild_run(dense_dir, work / "dense.db", dense_total),
+        )
         shutil.rmtree(dense_dir, ignore_errors=True)
         mixed_lines = max(args.lines // 4, 10_000)
         console.print(
@@ -481,8 +496,11 @@ def main() -> None:
         )
         mixed_dir = work / "every_source"
         mixed_total = generate(mixed_dir, mixed_lines, "every_source")
-        mixed_ceiling = best_of(args.repeats, lambda: parse_ceiling(mixed_dir))
-        mixed_built = best_of(args.repeats, lambda: rebuild_run(mixed_dir, work / "mixed.db", mixed_total))
+        mixed_ceiling, mixed_built = best_of(
+            args.repeats,
+            lambda: parse_ceiling(mixed_dir),
+            lambda: rebuild_run(mixed_dir, work / "mixed.db", mixed_total),
+        )
         shutil.rmtree(mixed_dir, ignore_errors=True)
 
         ceiling_rate = ceiling["lines"] / ceiling["elapsed"]

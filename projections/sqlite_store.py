@@ -159,7 +159,6 @@ _SELECT_ALIASES = (
 # timeout as "try again later".
 _BUSY_TIMEOUT = 30.0
 _WAL_SIZE_LIMIT = 64 << 20
-_REBUILD_CACHE_KIB = 32 << 10  # a rebuild's page cache: bounded, so memory stays flat
 
 
 def default_db_path(data_dir: Path) -> Path:
@@ -638,9 +637,6 @@ def _open_scratch_once(path: Path, page_size: int | None) -> sqlite3.Connection:
         # A scratch file: if we are killed it is thrown away, so no journal, no fsync.
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
-        # dedup_key's unique index takes inserts in random order: with SQLite's
-        # default 2 MiB cache, each misses once the index outgrows it.
-        conn.execute(f"PRAGMA cache_size={-_REBUILD_CACHE_KIB}")
         conn.execute("BEGIN EXCLUSIVE")
         conn.execute("COMMIT")
         if page_size is not None:
