@@ -168,7 +168,7 @@ def _normalized(text: str) -> str:
 
 
 def _digest(*parts: str) -> str:
-    """SQL for ``user_texts._digest`` of SQL string expressions: sha256 of their JSON array."""
+    """SQL for :func:`projections.user_texts._digest` of SQL string expressions: sha256 of their JSON array."""
     return f"left(sha256(to_json([{', '.join(parts)}])::VARCHAR), 32)"
 
 
@@ -192,6 +192,8 @@ def _user_texts_view(glob: str, name_filter: str) -> str:
     )
     closed = f"source = '{CAPTURE}' AND type = '{CLOSED_TYPE}' AND connection_id IS NOT NULL"
     message, transcript = Kind.USER_MESSAGE.value, Kind.USER_TRANSCRIPT.value
+    # Python: user_texts.spoken_key, for both live and REST/webhook sightings (and aliases).
+    spoken_key = "'spoken:' || " + _digest("conversation_id", "(event_id->>'$')", "normal")
     return f"""CREATE OR REPLACE VIEW user_texts AS
 WITH candidates AS (
     SELECT json AS line, json_extract_string(json, ['$.source', '$.event.type', '$.direction']) AS head
@@ -251,7 +253,7 @@ WITH candidates AS (
            CASE WHEN typed THEN '{Medium.TEXT}' WHEN source = '{AGENT_WS}' THEN '{Medium.AUDIO}' END AS medium,
            CASE WHEN conversation_id IS NULL THEN 'seq:' || seq::VARCHAR
                 WHEN typed THEN 'typed:' || {_digest("conversation_id", "normal", "(row_number() OVER (PARTITION BY typed, connection_id, epoch, conversation_id, normal ORDER BY seq))::VARCHAR")}
-                WHEN event_id IS NOT NULL THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")}
+                WHEN event_id IS NOT NULL THEN {spoken_key}
                 ELSE 'seq:' || seq::VARCHAR END AS key,
            NOT typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL AS spoken,
            NULL::VARCHAR AS alias
@@ -303,12 +305,12 @@ WITH candidates AS (
            event_id, 'null' AS raw_event, medium,
            CASE WHEN conversation_id IS NULL THEN 'seq:' || seq::VARCHAR || ':' || entry::VARCHAR
                 WHEN typed THEN 'typed:' || {_digest("conversation_id", "normal", "(row_number() OVER (PARTITION BY seq, typed, normal ORDER BY entry))::VARCHAR")}
-                WHEN event_id IS NOT NULL THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")}
+                WHEN event_id IS NOT NULL THEN {spoken_key}
                 ELSE 'entry:' || {_digest("conversation_id", "coalesce(raw_medium, '')", "normal", "(row_number() OVER (PARTITION BY seq, typed, event_id IS NULL, coalesce(raw_medium, ''), normal ORDER BY entry))::VARCHAR")}
            END AS key,
            NOT typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL AS spoken,
            CASE WHEN typed AND conversation_id IS NOT NULL AND event_id IS NOT NULL
-                THEN 'spoken:' || {_digest("conversation_id", "(event_id->>'$')", "normal")} END AS alias
+                THEN {spoken_key} END AS alias
     FROM body_valid
 ), sightings AS (
     SELECT *, seq * {slots} + coalesce(entry, 0) AS place,

@@ -29,7 +29,7 @@ from .sqlite_store import UserTextStore
 from .user_texts import fold
 
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "NICENESS_STEP", "follow", "main"]
+__all__ = ["DEFAULT_POLL_INTERVAL", "NICENESS_STEP", "follow", "follower_niceness", "main"]
 
 DEFAULT_POLL_INTERVAL = 0.02
 #: How much nicer than ``capture ingest`` the follower runs on POSIX (19 is the floor):
@@ -124,12 +124,17 @@ def _stdin_closed() -> Callable[[], bool]:
     return closed.is_set
 
 
+def follower_niceness(current: int) -> int:
+    """The niceness the follower runs at, for an ingest at ``current``."""
+    return min(19, current + NICENESS_STEP)
+
+
 def _lower_priority(niceness: int | None) -> None:
     """Run nicer than ``capture ingest``, so that its receive path keeps priority under a burst."""
     if not hasattr(os, "setpriority"):
         return  # Windows: the parent starts us BELOW_NORMAL
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    target = min(19, current + NICENESS_STEP) if niceness is None else niceness
+    target = follower_niceness(current) if niceness is None else niceness
     if target > current:  # never raise it (that needs privileges anyway)
         os.setpriority(os.PRIO_PROCESS, 0, target)
 

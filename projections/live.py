@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ingest.log import LogWriter
 
-from .follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP
+from .follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP, follower_niceness
+from .module_process import module_command
 from .sqlite_store import UserTextStore, default_db_path, projection_status
 
 
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("capture.projection")
-
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class LiveProjection:
@@ -105,12 +104,7 @@ def start_live_projection(
     """
     db_path = db_path or default_db_path(data_dir)
     UserTextStore.open(db_path).close()
-    env = dict(os.environ)
-    # The follower must run this very code, whatever the working directory.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
-    argv = [
-        sys.executable,
-        "-m",
+    argv, env = module_command(
         "projections.follow",
         "--data-dir",
         str(data_dir.resolve()),
@@ -118,12 +112,12 @@ def start_live_projection(
         str(db_path.resolve()),
         "--poll-interval",
         str(poll_interval),
-    ]
+    )
     if sys.platform == "win32":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, creationflags=flags)
     else:
-        niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS_STEP)
+        niceness = follower_niceness(os.getpriority(os.PRIO_PROCESS, 0))
         argv += ["--niceness", str(niceness)]
         # Its own process group, so that the terminal's Ctrl-C does not reach
         # it (the parent stops it once the log is closed), but the same

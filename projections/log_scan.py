@@ -19,10 +19,11 @@ Neither reader opens a segment for writing or takes a lock.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -37,12 +38,14 @@ __all__ = [
     "Chunk",
     "LineItem",
     "LogTail",
+    "Position",
     "ScanStats",
     "TailRead",
     "ToDecode",
+    "Undecoded",
     "classify",
     "classify_lines",
-    "decoded",
+    "decode_items",
     "may_hold_rest",
     "read_chunks",
     "scan",
@@ -99,22 +102,38 @@ def _parsed(raw: bytes) -> tuple[int, bool] | None:
     return seq, _wanted(envelope)
 
 
+def _read_by_rule(raw: bytes, at: int, rest_possible: bool) -> bool | None:
+    """Whether the rule reads a line whose frame starts at ``at``; ``None`` if only parsing tells.
+
+    ``at`` must follow the line's first ``,"event":`` (header strings are
+    JSON-escaped, so that is the envelope's own key).
+    """
+    if at <= len(EVENT_KEY) or not raw.startswith(_TYPE_START, at):
+        return None  # no frame, or not typed first
+    start = at + len(_TYPE_START)
+    kind = raw[start : raw.find(b'"', start)]
+    if _BACKSLASH in kind:
+        return None  # an escape: only a parser knows the type
+    return kind in _RULE_TYPE_BYTES or (rest_possible and raw.find(_REST_SOURCE, 0, at) >= 0)
+
+
 def _looked_at(raw: bytes, rest_possible: bool) -> tuple[int, bool] | None:
     """A line off the usual path: its seq and whether the rule reads it; ``None`` if invalid."""
     head = _HEAD.match(raw)
     if head is not None:
-        at = raw.find(EVENT_KEY) + len(EVENT_KEY)
-        if at > len(EVENT_KEY) and raw.startswith(_TYPE_START, at):
-            at += len(_TYPE_START)
-            kind = raw[at : raw.find(b'"', at)]
-            if _BACKSLASH not in kind:
-                wanted = kind in _RULE_TYPE_BYTES or (rest_possible and raw.find(_REST_SOURCE, 0, at) >= 0)
-                return int(head[1]), wanted
+        wanted = _read_by_rule(raw, raw.find(EVENT_KEY) + len(EVENT_KEY), rest_possible)
+        if wanted is not None:
+            return int(head[1]), wanted
     return _parsed(raw)
 
 
 #: A line :func:`classify` leaves to decode: (its index in the lines given, its seq).
 ToDecode = tuple[int, int]
+#: Where a line is: (first seq of its segment, byte offset in it).
+Position = tuple[int, int]
+P = TypeVar("P")
+#: A line the rule reads, not decoded yet: (its seq as :func:`classify` read it, its bytes, where it is).
+Undecoded = tuple[int, bytes, P]
 
 
 def classify(
@@ -151,17 +170,15 @@ def classify(
     keep = items.append
     floor = after_seq + 1  # the lowest seq handed on
     # Locals, not globals, in the loop: it runs for every line of a rebuild.
-    event_key, type_start = EVENT_KEY, _TYPE_START
-    skip_key, skip_type, frame_head = len(EVENT_KEY), len(_TYPE_START), _FRAME_HEAD
-    rule_heads, rule_types, rest = _RULE_HEADS, _RULE_TYPE_BYTES, _REST_SOURCE
+    event_key, type_start, skip_key, frame_head = EVENT_KEY, _TYPE_START, len(EVENT_KEY), _FRAME_HEAD
+    rule_heads, rest = _RULE_HEADS, _REST_SOURCE
     # The pending run of lines the rule does not read is range(run_start, expected);
     # `expected` is the seq the next line has when the log goes on without a gap.
     run_start = expected = -1
     for index, raw in enumerate(raws):
         wanted: bool | None = None
         # The usual line: the next seq, a frame whose type sits right after
-        # the envelope's first `,"event":` (header strings are JSON-escaped,
-        # so that is the envelope's own key).
+        # the envelope's first `,"event":`.
         if raw.startswith(b'{"seq":%d,' % expected):
             at = raw.find(event_key) + skip_key
             # The frame's first bytes: `{"type":"` and the type's first
@@ -169,27 +186,25 @@ def classify(
             # a backslash they are the decoded type's own first characters:
             # if no rule type starts with them, the rule does not read the line.
             head = raw[at : at + frame_head]
-            if at > skip_key and head.startswith(type_start) and _BACKSLASH not in head:
-                rest_line = rest_possible and raw.find(rest, 0, at) >= 0
-                if head not in rule_heads and not rest_line:
-                    expected += 1  # the most common line of all
-                    continue
-                at += skip_type
-                kind = raw[at : raw.find(b'"', at)]
-                if _BACKSLASH not in kind:
-                    if not rest_line and kind not in rule_types:
-                        expected += 1
-                        continue
-                    seq, wanted = expected, True
+            if (
+                at > skip_key
+                and head.startswith(type_start)
+                and _BACKSLASH not in head
+                and head not in rule_heads
+                and not (rest_possible and raw.find(rest, 0, at) >= 0)
+            ):
+                expected += 1  # the most common line of all
+                continue
+            wanted, seq = _read_by_rule(raw, at, rest_possible), expected
         if wanted is None:
             found = _looked_at(raw, rest_possible)
             if found is None:
                 invalid.append(index)
                 continue
             seq, wanted = found
-            if not wanted and seq == expected:
-                expected += 1
-                continue
+        if not wanted and seq == expected:
+            expected += 1
+            continue
         if expected > run_start and expected > floor:
             keep(range(max(run_start, floor), expected))
         if wanted:
@@ -203,23 +218,33 @@ def classify(
     return items, invalid
 
 
-def decoded(raw: bytes, seq: int) -> LogLine | None:
-    """Decode and check a line :func:`classify` left to decode; ``None`` if it is not a valid line.
+def decode_items(items: Iterable[range | Undecoded[P]], invalid: list[P]) -> Iterator[LineItem]:
+    """Yield ``items`` with each undecoded line decoded and checked (JSON, ``crc32``), one at a time.
 
-    ``seq`` is the one :func:`classify` read: a line whose JSON says otherwise
-    (a repeated ``seq`` key) is not valid either.
+    A line that fails, or whose JSON gives another seq than the one
+    :func:`classify` read (a repeated ``seq`` key), is not yielded: its
+    position goes to ``invalid``. Decoding as the caller folds keeps few
+    decoded lines alive, which is much faster than holding thousands.
     """
-    try:
-        line = decode_line(raw)
-    except LineError:
-        return None
-    return line if line.seq == seq else None
+    for item in items:
+        if type(item) is range:
+            yield item
+            continue
+        seq, raw, where = item
+        try:
+            line = decode_line(raw)
+        except LineError:
+            line = None
+        if line is None or line.seq != seq:
+            invalid.append(where)
+        else:
+            yield line
 
 
 def classify_lines(
     raws: Sequence[bytes], after_seq: int = 0, *, rest_possible: bool = True
 ) -> tuple[list[LineItem], list[int]]:
-    """:func:`classify`, with the lines the rule reads decoded and checked (JSON, ``crc32``).
+    """:func:`classify`, with the lines the rule reads decoded and checked (:func:`decode_items`).
 
     Returns:
         The items, in order, and the indexes in ``raws`` of the lines that are
@@ -227,21 +252,9 @@ def classify_lines(
 
     """
     found, invalid = classify(raws, after_seq, rest_possible=rest_possible)
-    items: list[LineItem] = []
-    failed = False
-    for item in found:
-        if type(item) is range:
-            items.append(item)
-            continue
-        index, seq = item
-        line = decoded(raws[index], seq)
-        if line is None:
-            invalid.append(index)
-            failed = True
-        else:
-            items.append(line)
-    if failed:
-        invalid.sort()
+    undecoded = (item if type(item) is range else (item[1], raws[item[0]], item[0]) for item in found)
+    items = list(decode_items(undecoded, invalid))
+    invalid.sort()
     return items, invalid
 
 
@@ -266,7 +279,7 @@ class ScanStats:
 
     """
 
-    invalid: list[tuple[int, int]] = field(default_factory=list)
+    invalid: list[Position] = field(default_factory=list)
     partial_tail: bool = False
 
 
@@ -296,9 +309,23 @@ class Chunk:
     raws: list[bytes]
     rest_possible: bool
 
-    def position(self, index: int) -> tuple[int, int]:
-        """Where line ``index`` is: (segment's first seq, byte offset)."""
+    def position(self, index: int) -> Position:
+        """Where line ``index`` is."""
         return self.segment_seq, _offset(self.raws, self.offset, index)
+
+    def lines(self, after_seq: int) -> tuple[list[range | Undecoded[Position]], list[Position]]:
+        """:func:`classify` these lines: the items, the lines the rule reads undecoded; invalid positions."""
+        raws, segment, base = self.raws, self.segment_seq, self.offset
+        found, invalid = classify(raws, after_seq, rest_possible=self.rest_possible)
+        # Line i starts at base + (the lengths of the lines before it) + i newlines.
+        before = list(accumulate(map(len, raws), initial=0))
+        items = [
+            item
+            if type(item) is range
+            else (item[1], raws[item[0]], (segment, base + before[item[0]] + item[0]))
+            for item in found
+        ]
+        return items, [(segment, base + before[i] + i) for i in invalid]
 
 
 def read_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator[Chunk]:
@@ -349,29 +376,19 @@ def scan_size(events_dir: Path, after_seq: int = 0) -> int:
     return total
 
 
-def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -> Iterator[LineItem]:
+def scan(
+    events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None
+) -> Generator[LineItem, None, None]:
     """Yield one item per line with seq above ``after_seq``, in log order, streaming.
 
-    Each line the rule reads is decoded as it is yielded: a caller that folds
-    it at once keeps few decoded lines alive, which is much faster than
-    holding thousands. Segments created after the call started are not read;
-    call again to continue.
+    Each line the rule reads is decoded as it is yielded (:func:`decode_items`).
+    Segments created after the call started are not read; call again to continue.
     """
     stats = stats if stats is not None else ScanStats()
     for chunk in read_chunks(events_dir, after_seq, stats):
-        raws = chunk.raws
-        found, invalid = classify(raws, after_seq, rest_possible=chunk.rest_possible)
-        stats.invalid.extend(chunk.position(i) for i in invalid)
-        for item in found:
-            if type(item) is range:
-                yield item
-                continue
-            index, seq = item
-            line = decoded(raws[index], seq)
-            if line is None:
-                stats.invalid.append(chunk.position(index))
-            else:
-                yield line
+        items, invalid = chunk.lines(after_seq)
+        stats.invalid.extend(invalid)
+        yield from decode_items(items, stats.invalid)
 
 
 @dataclass
@@ -385,7 +402,7 @@ class TailRead:
     """
 
     items: list[LineItem] = field(default_factory=list)
-    invalid: list[tuple[int, int]] = field(default_factory=list)
+    invalid: list[Position] = field(default_factory=list)
 
 
 class LogTail:
@@ -437,9 +454,10 @@ class LogTail:
             complete = self._pending[:cut]
             raws = complete.split(b"\n")[:-1][: max_lines - len(out.items)]
             used = sum(map(len, raws)) + len(raws)
-            items, invalid = classify_lines(raws, self._after_seq, rest_possible=may_hold_rest(complete))
-            out.items.extend(items)
-            out.invalid.extend((self._segment_seq, _offset(raws, self._pending_offset, i)) for i in invalid)
+            chunk = Chunk(self._segment_seq, self._pending_offset, raws, may_hold_rest(complete))
+            items, invalid = chunk.lines(self._after_seq)
+            out.invalid.extend(invalid)
+            out.items.extend(decode_items(items, out.invalid))
             self._pending = self._pending[used:]
             self._pending_offset += used
 

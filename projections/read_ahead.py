@@ -33,7 +33,8 @@ from typing import IO, Any
 
 from ingest.errors import CaptureError, LogError
 
-from .log_scan import LineItem, ScanStats, classify, decoded, read_chunks, scan_size
+from .log_scan import LineItem, Position, ScanStats, Undecoded, decode_items, read_chunks, scan_size
+from .module_process import module_command
 
 
 __all__ = ["MIN_READ_AHEAD_BYTES", "scan_ahead", "worth_reading_ahead"]
@@ -42,15 +43,11 @@ __all__ = ["MIN_READ_AHEAD_BYTES", "scan_ahead", "worth_reading_ahead"]
 MIN_READ_AHEAD_BYTES = 32 << 20
 
 # Messages are pickles (between two processes of this program), each after its
-# length. Per chunk: ("chunk", items, segment's first seq, invalid positions),
-# an item being a range or a line the rule reads as (seq, raw bytes, offset in
-# its segment). At the end: ("end", partial tail, invalid positions); on
-# failure: ("error", message).
+# length. Per chunk: ("chunk", items, invalid positions), as Chunk.lines gives
+# them. At the end: ("end", partial tail, invalid positions); on failure:
+# ("error", message).
 _LENGTH = struct.Struct("<Q")
 _QUEUED = 8  # messages received ahead of the caller (about 1 MiB of log each)
-_Item = range | tuple[int, bytes, int]
-# Where `projections` is imported from, so that the child runs this very code.
-_IMPORT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def worth_reading_ahead(events_dir: Path, after_seq: int = 0) -> bool:
@@ -71,11 +68,10 @@ def scan_ahead(
 
     """
     stats = stats if stats is not None else ScanStats()
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + (os.pathsep + path if path else "")}
+    argv, env = module_command(__name__, str(events_dir), str(after_seq))
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(events_dir), str(after_seq)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -110,19 +106,10 @@ def scan_ahead(
                 stats.partial_tail = message[1]
                 stats.invalid.extend(message[2])
                 return
-            items: list[_Item]
-            _, items, segment_seq, invalid = message
+            items: list[range | Undecoded[Position]]
+            _, items, invalid = message
             stats.invalid.extend(invalid)
-            for item in items:
-                if type(item) is range:
-                    yield item
-                    continue
-                seq, raw, offset = item
-                line = decoded(raw, seq)
-                if line is None:
-                    stats.invalid.append((segment_seq, offset))
-                else:
-                    yield line
+            yield from decode_items(items, stats.invalid)
     finally:
         stopping.set()
         if child.poll() is None:
@@ -175,21 +162,10 @@ def read_ahead(events_dir: Path, after_seq: int, out: IO[bytes]) -> None:
     stats = ScanStats()
     sent_invalid = 0
     for chunk in read_chunks(events_dir, after_seq, stats):
-        raws = chunk.raws
-        found, invalid = classify(raws, after_seq, rest_possible=chunk.rest_possible)
-        items: list[_Item] = []
-        at, offset = 0, chunk.offset  # line `at` starts at `offset`
-        for item in found:
-            if type(item) is range:
-                items.append(item)
-            else:
-                index, seq = item
-                offset += sum(map(len, raws[at:index])) + index - at
-                at = index
-                items.append((seq, raws[index], offset))
-        positions = stats.invalid[sent_invalid:] + [chunk.position(i) for i in invalid]
+        items, invalid = chunk.lines(after_seq)
+        # read_chunks adds a closed segment's torn end to stats as it passes it.
+        _send(out, ("chunk", items, stats.invalid[sent_invalid:] + invalid))
         sent_invalid = len(stats.invalid)
-        _send(out, ("chunk", items, chunk.segment_seq, positions))
     _send(out, ("end", stats.partial_tail, stats.invalid[sent_invalid:]))
 
 

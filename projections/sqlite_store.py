@@ -25,8 +25,8 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager, nullcontext
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -42,7 +42,7 @@ from ingest.log import events_dir
 from ingest.reader import last_seq_of, open_segment
 from ingest.segments import first_seq_of, list_segments
 
-from .log_scan import LineItem, ScanStats, scan
+from .log_scan import LineItem, Position, ScanStats, scan
 from .read_ahead import scan_ahead, worth_reading_ahead
 from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCounts, UserTextRow, fold
 
@@ -71,7 +71,7 @@ SCHEMA_VERSION = 2
 Progress = Callable[[int], None]
 
 #: Where a line is: the first seq of its segment (the name without extension) and its byte offset.
-LinePosition = tuple[int, int]
+LinePosition = Position
 
 _OUR_TABLES = frozenset(
     {
@@ -505,7 +505,7 @@ def _apply_log(
     while True:
         stats = ScanStats()
         lines = (scan_ahead if read_ahead else scan)(folder, store.last_seq, stats)
-        with closing(lines) if isinstance(lines, Generator) else nullcontext():
+        with closing(lines):  # stops a read-ahead process when another projector moved first
             moved = _apply_scanned(store, lines, stats, report, batch_lines=batch_lines, progress=progress)
         if not moved:
             report.partial_tail = stats.partial_tail
@@ -715,8 +715,8 @@ def rebuild(
     Readers of the old file never see a half-built table; a kill at any moment
     leaves the old database untouched (the scratch file
     ``<db>.rebuild`` is reused by the next rebuild). Memory stays flat.
-    ``read_ahead`` as for :func:`project`. Lines appended while the rebuild runs are applied by the live projection
-    or the next ``capture project``.
+    ``read_ahead`` as for :func:`project`. Lines appended while the rebuild
+    runs are applied by the live projection or the next ``capture project``.
 
     Raises:
         ProjectionError: the database holds tables capture did not create,

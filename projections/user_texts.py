@@ -335,24 +335,28 @@ def normalize(text: str) -> str:
     return _SPACES.sub(" ", text.strip(WHITESPACE))
 
 
-# A key hashes its parts written as a JSON array: no choice of values can make
-# two different lists collide, and DuckDB's to_json writes the same bytes.
-_sha256 = hashlib.sha256
+def _digest(*parts: str) -> str:
+    """The hash part of a key: sha256 of the parts written as a JSON array, 32 hex digits.
+
+    No choice of values can make two different lists collide, and DuckDB's
+    ``to_json`` writes the same bytes (:func:`projections.duckdb_views._digest`).
+    """
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
 
 
 def spoken_key(conversation_id: str, event_id: str, text: str) -> str:
     """Key of a turn known by its event id (``text`` normalised)."""
-    return "spoken:" + _sha256(orjson.dumps([conversation_id, event_id, text])).hexdigest()[:32]
+    return "spoken:" + _digest(conversation_id, event_id, text)
 
 
 def typed_key(conversation_id: str, text: str, occurrence: int) -> str:
     """Key of the ``occurrence``-th typed turn with ``text`` (normalised) in a conversation."""
-    return "typed:" + _sha256(orjson.dumps([conversation_id, text, str(occurrence)])).hexdigest()[:32]
+    return "typed:" + _digest(conversation_id, text, str(occurrence))
 
 
 def entry_key(conversation_id: str, medium: str, text: str, occurrence: int) -> str:
     """Key of a REST/webhook entry without an id or a typed medium."""
-    return "entry:" + _sha256(orjson.dumps([conversation_id, medium, text, str(occurrence)])).hexdigest()[:32]
+    return "entry:" + _digest(conversation_id, medium, text, str(occurrence))
 
 
 def line_key(seq: int, entry: int | None = None) -> str:
@@ -465,13 +469,12 @@ class _Row:
     __slots__ = ("head", "id", "key", "records", "seq", "session_id", "text", "timestamp")
 
     def __init__(self, row: UserTextRow | Sighting) -> None:
+        records: list[list[Any]] | None = None
         if isinstance(row, Sighting):
-            self.records: list[list[Any]] = [row.record]
-            row = row.row
-            cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
-        else:
-            cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
-            self.records = orjson.loads(row.metadata[cut:-1])
+            records, row = [row.record], row.row
+        cut = row.metadata.rindex(_SIGHTINGS_KEY) + len(_SIGHTINGS_KEY)
+        # A stored row's sightings are read back from its metadata.
+        self.records = records if records is not None else orjson.loads(row.metadata[cut:-1])
         self.head = row.metadata[:cut]
         self.id = row.id
         self.key = row.dedup_key

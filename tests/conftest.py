@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +39,20 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def capture_command() -> list[str]:
     """The argv prefix that runs this checkout's ``capture`` in a subprocess."""
     return [sys.executable, "-c", "from cli.app import main; main()"]
+
+
+def listening_port(proc: subprocess.Popen[str], timeout: float) -> int:
+    """The port a ``capture webhook`` (or ``ingest``) subprocess says it listens on, from its stderr."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError("the receiver never said where it listens")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

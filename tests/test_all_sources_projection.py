@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from ingest.simulator import Scenario, SimulatorThread
 from ingest.webhook_sender import Delivery, DeliveryFactory, send, send_many
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite_store import iter_rows
-from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
+from tests.conftest import TIMEOUT_FACTOR, capture_command, listening_port, subprocess_env
 
 
 KEY = "sk_sources_0123456789"
@@ -81,16 +80,7 @@ def running(*args: str) -> Iterator[subprocess.Popen[str]]:
 def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
     """Run ``capture webhook``, post each body as a signed post_call_transcription, stop it."""
     with running("webhook", "--port", "0", "--data-dir", str(data_dir)) as proc:
-        assert proc.stderr is not None
-        port = None
-        deadline = time.monotonic() + TIMEOUT
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            port = int(match.group(1)) if match else None
-        assert port is not None, "the receiver never said where it listens"
+        port = listening_port(proc, TIMEOUT)
         factory = DeliveryFactory(SECRET, agent_id=AGENT)
         deliveries = [
             factory.transcription(data=orjson.loads(body), encoding="pretty" if n == 1 else None)

@@ -34,6 +34,7 @@ from tests.user_text_cases import (
     init,
     message,
     metadata,
+    transcript,
     wait_until,
     write_segments,
 )
@@ -265,14 +266,7 @@ def mixed_log(data_dir: Path) -> list[tuple[str, str, int]]:
         watched, held = conversations[0], conversations[1]
         monitor = Origin("monitor", "in", "agent_demo", "mon-1", watched.conversation_id)
         for entry in watched.user_entries():
-            frame = {
-                "type": "user_transcript",
-                "user_transcription_event": {
-                    "user_transcript": entry["message"],
-                    "event_id": entry["source_event_id"],
-                },
-            }
-            writer.append(monitor, inspect_frame(orjson.dumps(frame).decode()))
+            writer.append(monitor, inspect_frame(transcript(entry["message"], entry["source_event_id"])))
         live_in = Origin("agent_ws", "in", "agent_demo", "ws-1", held.conversation_id)
         live_out = Origin("agent_ws", "out", "agent_demo", "ws-1", held.conversation_id)
         writer.append(
@@ -282,14 +276,7 @@ def mixed_log(data_dir: Path) -> list[tuple[str, str, int]]:
             if entry["source_medium"] == "text":
                 writer.append(live_out, inspect_frame(message(entry["message"])))
             else:
-                frame = {
-                    "type": "user_transcript",
-                    "user_transcription_event": {
-                        "user_transcript": entry["message"],
-                        "event_id": entry["source_event_id"],
-                    },
-                }
-                writer.append(live_in, inspect_frame(orjson.dumps(frame).decode()))
+                writer.append(live_in, inspect_frame(transcript(entry["message"], entry["source_event_id"])))
         writer.append(
             Origin("capture", "in", "agent_demo", "ws-1", held.conversation_id), inspect_frame(closed())
         )

@@ -36,7 +36,7 @@ from ingest.webhook_sender import (
     valid_header_variants,
 )
 from ingest.webhook_signature import SIGNATURE_HEADER, sign
-from tests.conftest import TIMEOUT_FACTOR, subprocess_env
+from tests.conftest import TIMEOUT_FACTOR, listening_port, subprocess_env
 
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -525,16 +525,7 @@ def test_sigterm_stops_the_command_cleanly(data_dir: Path) -> None:
     """A stored delivery, then SIGTERM: exit 0, the line on disk, the lock released, no secret printed."""
     proc = start_webhook(data_dir)
     try:
-        assert proc.stderr is not None
-        port = None
-        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            port = int(match.group(1)) if match else None
-        assert port is not None, "the receiver never said where it listens"
+        port = listening_port(proc, 30 * TIMEOUT_FACTOR)
         delivery = factory().transcription()
 
         async def post() -> int:
