@@ -618,12 +618,17 @@ def _open_scratch(path: Path, page_size: int | None) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError):
             raise _error(path, exc) from exc
-    for leftover in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
-        leftover.unlink(missing_ok=True)
+    _remove_scratch(path)
     try:
         return _open_scratch_once(path, page_size)
     except sqlite3.DatabaseError as exc:
         raise _error(path, exc) from exc
+
+
+def _remove_scratch(path: Path, *, keep: bool = False) -> None:
+    """Delete a rebuild's scratch database and its journal files (all but the database if ``keep``)."""
+    for suffix in ("-journal", "-wal", "-shm") if keep else ("", "-journal", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _open_scratch_once(path: Path, page_size: int | None) -> sqlite3.Connection:
@@ -692,12 +697,7 @@ def _swap_in(scratch: Path, db_path: Path) -> str:
             target.close()
     except sqlite3.Error as exc:
         raise ProjectionError(f"cannot swap the rebuilt table into {db_path}: {exc}") from exc
-    for leftover in (
-        scratch,
-        scratch.with_name(scratch.name + "-wal"),
-        scratch.with_name(scratch.name + "-shm"),
-    ):
-        leftover.unlink(missing_ok=True)
+    _remove_scratch(scratch)
     fsync_dir(db_path.parent)
     return "copied"
 
@@ -713,8 +713,9 @@ def rebuild(
     """Rebuild the table from the whole log into a new file, then swap it in.
 
     Readers of the old file never see a half-built table; a kill at any moment
-    leaves the old database untouched (the scratch file
-    ``<db>.rebuild`` is reused by the next rebuild). Memory stays flat.
+    leaves the old database untouched (a killed rebuild's scratch file
+    ``<db>.rebuild`` is reused by the next one; a failed rebuild removes it).
+    Memory stays flat.
     ``read_ahead`` as for :func:`project`. Lines appended while the rebuild
     runs are applied by the live projection or the next ``capture project``.
 
@@ -730,6 +731,7 @@ def rebuild(
     page_size = _page_size(db_path)
     scratch = _scratch_path(db_path)
     conn = _open_scratch(scratch, page_size)
+    built = False
     try:
         try:
             _ensure_schema(conn, scratch, indexes=False)
@@ -746,10 +748,12 @@ def rebuild(
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             raise _error(scratch, exc) from exc
+        built = True
     finally:
         conn.close()
-    for suffix in ("-journal", "-wal", "-shm"):
-        scratch.with_name(scratch.name + suffix).unlink(missing_ok=True)
+        # A failed rebuild (a full disk, an unreadable segment) gives the
+        # space back at once; only a killed one leaves the file for the next.
+        _remove_scratch(scratch, keep=built)
     _fsync_file(scratch)
     report.swap = _swap_in(scratch, db_path)
     report.elapsed = time.perf_counter() - started

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ingest.envelope import Origin
-from ingest.errors import ProjectionError
+from ingest.errors import LogError, ProjectionError
 from ingest.frames import inspect_frame
 from ingest.log import FsyncPolicy, LogWriter, events_dir
 from ingest.segments import RotationPolicy, segment_name
@@ -115,6 +115,23 @@ def test_rebuild_twice_gives_the_same_table_as_project(tmp_path: Path) -> None:
     assert dump(tmp_path / "rebuilt.db") == table == dump(tmp_path / "projected.db")
     assert state_row(tmp_path / "rebuilt.db") == state_row(tmp_path / "projected.db")
     assert not (tmp_path / "rebuilt.db.rebuild").exists()
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_a_failed_rebuild_keeps_the_old_table_and_gives_the_space_back(
+    tmp_path: Path, read_ahead: bool
+) -> None:
+    """A segment that cannot be read: one clear error, the old table as it was, no scratch file left."""
+    data_dir = tmp_path / "data"
+    small_log(data_dir)
+    db = tmp_path / "user.db"
+    rebuild(data_dir, db)
+    table = dump(db)
+    (events_dir(data_dir) / (segment_name(10_000) + ".zst")).write_bytes(b"not zstd")
+    with pytest.raises(LogError, match="zstandard"):
+        rebuild(data_dir, db, read_ahead=read_ahead)
+    assert dump(db) == table
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("user.db.rebuild")]
 
 
 def test_duplicated_lines_and_a_resent_transcript_give_one_row(tmp_path: Path) -> None:
