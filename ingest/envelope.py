@@ -25,10 +25,11 @@ from __future__ import annotations
 import base64
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any, Literal
+from functools import lru_cache, partial
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -121,8 +122,7 @@ def encode_line(seq: int, received_at: str, origin: Origin, frame: Frame) -> byt
     return b"".join((header[:-1], b",", tail[1:], b"\n"))
 
 
-@dataclass(frozen=True, slots=True)
-class LogLine:
+class LogLine(NamedTuple):
     """One decoded log line.
 
     Attributes:
@@ -160,6 +160,13 @@ class LogLine:
         """The frame's ``type`` when it is a spliced JSON object."""
         kind = self.event.get("type") if self.event is not None else None
         return kind if isinstance(kind, str) else None
+
+
+# A named tuple's own constructor is a Python function; tuple.__new__ is not,
+# and every line a projection reads is built here.
+_new_line: Callable[[tuple[int, dict[str, Any], dict[str, Any] | None, bytes]], LogLine] = partial(
+    tuple.__new__, LogLine
+)
 
 
 class LineError(ValueError):
@@ -204,7 +211,7 @@ def decode_line(line: bytes) -> LogLine:
     crc = envelope.get("crc32")
     if crc is not None and crc != zlib.crc32(raw):
         raise LineError("crc32 does not match the frame")
-    return LogLine(seq, envelope, event, raw)
+    return _new_line((seq, envelope, event, raw))
 
 
 def now() -> datetime:

@@ -7,7 +7,10 @@ Both hand the fold (:func:`projections.user_texts.fold`) one item per line:
   webhook), fully decoded and checked (JSON, ``crc32``);
 * a ``range`` of seqs for consecutive lines the rule does not read: they
   cannot give a row, so no :class:`~ingest.envelope.LogLine` is built for
-  them. Most of a log is such lines (pings, agent text, tentative transcripts).
+  them. Most of a log is such lines (pings, agent text, tentative transcripts);
+* from :func:`~projections.read_ahead.scan_ahead`, a
+  :class:`~projections.user_texts.LiveTurn` in place of a line holding a live
+  user turn (:func:`read_turns`: the reading process did the decoding).
 
 A line that does not decode is not handed on; its position (segment, byte
 offset) is reported so it is counted once. A line without its newline at the
@@ -18,10 +21,11 @@ Neither reader opens a segment for writing or takes a lock.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -31,7 +35,7 @@ from ingest.envelope import EVENT_KEY, LineError, LogLine, decode_line
 from ingest.reader import open_segment
 from ingest.segments import first_seq_of, list_segments
 
-from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK
+from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, LiveTurn, live_turn
 
 
 __all__ = [
@@ -48,12 +52,13 @@ __all__ = [
     "decode_items",
     "may_hold_rest",
     "read_chunks",
+    "read_turns",
     "scan",
     "scan_size",
 ]
 
-#: What the readers yield: a decoded line, or the seqs of consecutive lines the rule does not read.
-LineItem = LogLine | range
+#: What the readers yield: a decoded line (or its live turn), or the seqs of consecutive lines the rule does not read.
+LineItem = LogLine | LiveTurn | range
 
 _CHUNK = 1 << 20
 # The writer puts seq first and splices the frame after `,"event":`; a frame
@@ -71,6 +76,11 @@ _RULE_TYPE_BYTES = frozenset(kind.encode() for kinds in LIVE_RULE_TYPES.values()
 _HEAD_CHARS = min(map(len, _RULE_TYPE_BYTES))
 _FRAME_HEAD = len(_TYPE_START) + _HEAD_CHARS
 _RULE_HEADS = frozenset(_TYPE_START + kind[:_HEAD_CHARS] for kind in _RULE_TYPE_BYTES)
+# Heads classify found to name a type the rule does not read: a log has a
+# handful, and one set lookup then decides a line. Bounded, for a log of
+# endlessly many types.
+_USUAL_HEADS: set[bytes] = set()
+_MAX_USUAL_HEADS = 1024
 _REST_SOURCE = b',"source":"' + REST.encode() + b'",'
 # Bytes without this hold no REST line (inside a JSON string a quote is escaped).
 _REST_MARK = _REST_SOURCE[1:-1]
@@ -117,6 +127,31 @@ def _read_by_rule(raw: bytes, at: int, rest_possible: bool) -> bool | None:
     return kind in _RULE_TYPE_BYTES or (rest_possible and raw.find(_REST_SOURCE, 0, at) >= 0)
 
 
+def _learned(head: bytes) -> bool:
+    """Remember ``head`` as one of the usual heads (while there is room); ``True``."""
+    if len(_USUAL_HEADS) < _MAX_USUAL_HEADS:
+        _USUAL_HEADS.add(head)
+    return True
+
+
+def _numbered(raws: Sequence[bytes]) -> int | None:
+    """The seq of the first line if each line starts ``{"seq":N,`` with N one more than the line before."""
+    head = _HEAD.match(raws[0]) if raws else None
+    if head is None:
+        return None
+    first, count = int(head[1]), len(raws)
+    width = len(head[1])
+    if len(str(first + count - 1)) != width:
+        return None  # the seqs change width (or start with a zero): checked line by line
+    # All prefixes at once, as one string: one cut short makes the two differ in length.
+    cut = itemgetter(slice(0, len('{"seq":,') + width))
+    return (
+        first
+        if b"".join(map(cut, raws)) == (b'{"seq":%d,' * count) % tuple(range(first, first + count))
+        else None
+    )
+
+
 def _looked_at(raw: bytes, rest_possible: bool) -> tuple[int, bool] | None:
     """A line off the usual path: its seq and whether the rule reads it; ``None`` if invalid."""
     head = _HEAD.match(raw)
@@ -161,7 +196,7 @@ def classify(
 
     Returns:
         The items in order, each a ``range`` or a line to decode and check
-        (:func:`decoded`); and the indexes in ``raws`` of the lines found
+        (:func:`decode_items`); and the indexes in ``raws`` of the lines found
         not to be valid log lines.
 
     """
@@ -171,7 +206,10 @@ def classify(
     floor = after_seq + 1  # the lowest seq handed on
     # Locals, not globals, in the loop: it runs for every line of a rebuild.
     event_key, type_start, skip_key, frame_head = EVENT_KEY, _TYPE_START, len(EVENT_KEY), _FRAME_HEAD
-    rule_heads, rest = _RULE_HEADS, _REST_SOURCE
+    rule_heads, usual_heads, rest = _RULE_HEADS, _USUAL_HEADS, _REST_SOURCE
+    # Usually every line is numbered on from the first: then line `index` has
+    # seq `numbered + index`, so no line's seq needs formatting to be checked.
+    numbered = _numbered(raws)
     # The pending run of lines the rule does not read is range(run_start, expected);
     # `expected` is the seq the next line has when the log goes on without a gap.
     run_start = expected = -1
@@ -179,22 +217,25 @@ def classify(
         wanted: bool | None = None
         # The usual line: the next seq, a frame whose type sits right after
         # the envelope's first `,"event":`.
-        if raw.startswith(b'{"seq":%d,' % expected):
+        if expected - index == numbered or raw.startswith(b'{"seq":%d,' % expected):
             at = raw.find(event_key) + skip_key
             # The frame's first bytes: `{"type":"` and the type's first
             # _HEAD_CHARS characters (or all of it and what follows). Without
             # a backslash they are the decoded type's own first characters:
             # if no rule type starts with them, the rule does not read the line.
+            # (Without an `,"event":`, `head` starts inside the seq, so it is
+            # not one of usual_heads.)
             head = raw[at : at + frame_head]
-            if (
+            if head in usual_heads or (
                 at > skip_key
                 and head.startswith(type_start)
                 and _BACKSLASH not in head
                 and head not in rule_heads
-                and not (rest_possible and raw.find(rest, 0, at) >= 0)
+                and _learned(head)
             ):
-                expected += 1  # the most common line of all
-                continue
+                if not (rest_possible and raw.find(rest, 0, at) >= 0):
+                    expected += 1  # the most common line of all
+                    continue
             wanted, seq = _read_by_rule(raw, at, rest_possible), expected
         if wanted is None:
             found = _looked_at(raw, rest_possible)
@@ -218,27 +259,61 @@ def classify(
     return items, invalid
 
 
-def decode_items(items: Iterable[range | Undecoded[P]], invalid: list[P]) -> Iterator[LineItem]:
-    """Yield ``items`` with each undecoded line decoded and checked (JSON, ``crc32``), one at a time.
+def _checked(seq: int, raw: bytes) -> LogLine | None:
+    """``raw`` decoded and checked (JSON, ``crc32``), or ``None`` if it fails or is not line ``seq``.
 
-    A line that fails, or whose JSON gives another seq than the one
-    :func:`classify` read (a repeated ``seq`` key), is not yielded: its
-    position goes to ``invalid``. Decoding as the caller folds keeps few
-    decoded lines alive, which is much faster than holding thousands.
+    A JSON with another seq than the one :func:`classify` read has a repeated ``seq`` key.
+    """
+    try:
+        line = decode_line(raw)
+    except LineError:
+        return None
+    return line if line.seq == seq else None
+
+
+def decode_items(items: Iterable[range | LiveTurn | Undecoded[P]], invalid: list[P]) -> Iterator[LineItem]:
+    """Yield ``items`` with each undecoded line decoded and checked (:func:`_checked`), one at a time.
+
+    The position of a line that fails goes to ``invalid``. Decoding as the
+    caller folds keeps few decoded lines alive, which is much faster than
+    holding thousands.
     """
     for item in items:
-        if type(item) is range:
+        if isinstance(item, (range, LiveTurn)):
             yield item
             continue
         seq, raw, where = item
-        try:
-            line = decode_line(raw)
-        except LineError:
-            line = None
-        if line is None or line.seq != seq:
+        line = _checked(seq, raw)
+        if line is None:
             invalid.append(where)
         else:
             yield line
+
+
+def read_turns(
+    items: Iterable[range | Undecoded[P]], invalid: list[P]
+) -> list[range | LiveTurn | Undecoded[P]]:
+    """``items`` with each line that holds a live user turn replaced by its :func:`~projections.user_texts.live_turn`.
+
+    The other lines the rule reads stay undecoded (:func:`decode_items`
+    decodes them again; they are few); a line that fails its check is left
+    out, its position added to ``invalid``.
+    """
+    out: list[range | LiveTurn | Undecoded[P]] = []
+    keep = out.append
+    for item in items:
+        if type(item) is not range:
+            seq, raw, where = item
+            line = _checked(seq, raw)
+            if line is None:
+                invalid.append(where)
+                continue
+            turn = live_turn(line)
+            if turn is not None:
+                keep(turn)
+                continue
+        keep(item)
+    return out
 
 
 def classify_lines(
@@ -261,10 +336,6 @@ def classify_lines(
 def may_hold_rest(data: bytes) -> bool:
     """Whether ``data`` (one or more lines) may hold a REST line."""
     return _REST_MARK in data
-
-
-def _offset(raws: Sequence[bytes], base: int, index: int) -> int:
-    return base + sum(len(raw) + 1 for raw in raws[:index])
 
 
 @dataclass
@@ -299,7 +370,7 @@ class Chunk:
     Attributes:
         segment_seq: The segment's first seq (how positions name it).
         offset: Byte offset of the first line in the segment.
-        raws: The lines, without their newlines.
+        raws: The lines, each with its newline.
         rest_possible: Whether any of them may be a REST line (:func:`may_hold_rest`).
 
     """
@@ -309,23 +380,37 @@ class Chunk:
     raws: list[bytes]
     rest_possible: bool
 
-    def position(self, index: int) -> Position:
-        """Where line ``index`` is."""
-        return self.segment_seq, _offset(self.raws, self.offset, index)
-
     def lines(self, after_seq: int) -> tuple[list[range | Undecoded[Position]], list[Position]]:
         """:func:`classify` these lines: the items, the lines the rule reads undecoded; invalid positions."""
-        raws, segment, base = self.raws, self.segment_seq, self.offset
+        raws, segment = self.raws, self.segment_seq
         found, invalid = classify(raws, after_seq, rest_possible=self.rest_possible)
-        # Line i starts at base + (the lengths of the lines before it) + i newlines.
-        before = list(accumulate(map(len, raws), initial=0))
+        wanted = [item[0] for item in found if type(item) is not range]
+        offsets = _offsets(raws, self.offset, sorted(wanted + invalid) if invalid else wanted)
         items = [
-            item
-            if type(item) is range
-            else (item[1], raws[item[0]], (segment, base + before[item[0]] + item[0]))
+            item if type(item) is range else (item[1], raws[item[0]], (segment, offsets[item[0]]))
             for item in found
         ]
-        return items, [(segment, base + before[i] + i) for i in invalid]
+        return items, [(segment, offsets[i]) for i in invalid]
+
+
+def _offsets(raws: list[bytes], base: int, indexes: Iterable[int]) -> dict[int, int]:
+    """Byte offsets of the lines at ``indexes`` (ascending), the first line being at ``base``."""
+    offsets = {}
+    done = 0  # lines counted so far
+    for index in indexes:
+        base += sum(map(len, raws[done:index]))
+        offsets[index] = base
+        done = index
+    return offsets
+
+
+def _lines_of(data: bytes) -> list[bytes]:
+    """``data`` cut after each newline (kept); the last piece lacks it if ``data`` ends inside a line.
+
+    BytesIO finds each newline with memchr: several times cheaper per line
+    than ``bytes.split``, which tests every byte in turn.
+    """
+    return io.BytesIO(data).readlines()
 
 
 def read_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator[Chunk]:
@@ -345,15 +430,14 @@ def read_chunks(events_dir: Path, after_seq: int, stats: ScanStats) -> Iterator[
         offset = 0  # of the first byte of `pending` in the segment
         pending = b""
         with open_segment(path) as f:
-            # Whole chunks split in C: much cheaper per line than readline.
             while chunk := f.read(_CHUNK):
-                raws = chunk.split(b"\n")
+                raws = _lines_of(chunk)
                 rest_possible = may_hold_rest(chunk)
                 carried = len(pending)
                 if pending:  # the line the previous chunk ended inside
                     raws[0] = pending + raws[0]
                     rest_possible = rest_possible or may_hold_rest(raws[0])
-                pending = raws.pop()
+                pending = b"" if raws[-1].endswith(b"\n") else raws.pop()
                 if raws:
                     yield Chunk(segment_seq, offset, raws, rest_possible)
                 offset += carried + len(chunk) - len(pending)
@@ -452,8 +536,8 @@ class LogTail:
             if cut == 0:
                 return
             complete = self._pending[:cut]
-            raws = complete.split(b"\n")[:-1][: max_lines - len(out.items)]
-            used = sum(map(len, raws)) + len(raws)
+            raws = _lines_of(complete)[: max_lines - len(out.items)]
+            used = sum(map(len, raws))
             chunk = Chunk(self._segment_seq, self._pending_offset, raws, may_hold_rest(complete))
             items, invalid = chunk.lines(self._after_seq)
             out.invalid.extend(invalid)

@@ -31,6 +31,7 @@ from tests.user_text_cases import (
     Step,
     build_log,
     closed,
+    encode,
     init,
     message,
     metadata,
@@ -349,6 +350,24 @@ def test_sqlite_and_duckdb_agree_row_for_row(tmp_path: Path, steps: list[Step]) 
         for statement in view_statements(events_dir(data_dir).as_posix(), placeholder.as_posix()):
             conn.execute(statement)
         assert query(conn, "SELECT * FROM user_texts ORDER BY id") == list(iter_rows(data_dir / "user.db"))
+    finally:
+        conn.close()
+
+
+def test_a_turn_logged_without_a_direction_is_in_neither_store(tmp_path: Path) -> None:
+    """The rule reads a frame type per source and direction: no direction, no row (a line not as the writer writes it)."""
+    data_dir = tmp_path / "data"
+    lines = [
+        encode(1, message("typed"), direction=None, source="monitor"),  # type: ignore[arg-type]
+        encode(2, transcript("spoken"), direction=None),  # type: ignore[arg-type]
+        encode(3, transcript("heard")),
+    ]
+    write_segments(data_dir, [b"".join(lines)], [1])
+    report = project(data_dir, data_dir / "user.db")
+    assert report.rows_written == 1 and not report.skipped
+    conn = open_analytics(data_dir)
+    try:
+        assert query(conn, "SELECT text FROM user_texts") == [("heard",)]
     finally:
         conn.close()
 

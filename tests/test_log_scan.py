@@ -20,7 +20,7 @@ from ingest.log import events_dir
 from projections.log_scan import LineItem, ScanStats, classify_lines, scan
 from projections.read_ahead import scan_ahead
 from projections.sqlite_store import iter_rows, rebuild
-from projections.user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK
+from projections.user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, LiveTurn, live_turn
 from tests.user_text_cases import encode, message, transcript, webhook, write_segments
 
 
@@ -204,20 +204,55 @@ def _log(tmp_path: Path) -> Path:
 
 
 def _items(lines: Sequence[LineItem]) -> list[Any]:
+    """Each line as (seq, frame): a LiveTurn stands for its line."""
     return [item if isinstance(item, range) else (item.seq, item.frame) for item in lines]
 
 
 @pytest.mark.parametrize("after_seq", [0, 150, 4005, 7099])
-def test_scan_ahead_yields_what_scan_yields(tmp_path: Path, after_seq: int) -> None:
+@pytest.mark.parametrize(("thread", "decode_turns"), [(None, None), (True, True), (False, False)])
+def test_scan_ahead_yields_what_scan_yields(
+    tmp_path: Path, after_seq: int, thread: bool | None, decode_turns: bool | None
+) -> None:
+    """Whoever decodes the turns, and however the messages are taken off the pipe."""
     folder = _log(tmp_path)
     here, there = ScanStats(), ScanStats()
     expected = _items(list(scan(folder, after_seq, here)))
-    assert _items(list(scan_ahead(folder, after_seq, there))) == expected
+    got = list(scan_ahead(folder, after_seq, there, thread=thread, decode_turns=decode_turns))
+    assert _items(got) == expected
+    turns = [item for item in got if isinstance(item, LiveTurn)]
+    if decode_turns is not None and after_seq < 7000:
+        assert bool(turns) == decode_turns
+    decoded = {line.seq: line for line in scan(folder, after_seq) if isinstance(line, LogLine)}
+    assert all(turn == live_turn(decoded[turn.seq]) for turn in turns)
     assert sorted(there.invalid) == sorted(here.invalid) and there.partial_tail == here.partial_tail
     assert here.partial_tail
     if after_seq == 0:
         assert len(here.invalid) == 2  # the garbage line, the closed segment's torn end
         assert [i[0] for i in expected if isinstance(i, tuple)][:2] == [101, 3001]
+
+
+def test_lines_cut_by_the_read_size_are_read_whole(tmp_path: Path) -> None:
+    """Segments are read a MiB at a time: a line across that boundary is read once, whole."""
+    raws = [
+        encode(s, transcript("x" * (s % 500)) if s % 7 == 0 else '{"type":"ping","ping_event":{}}')
+        for s in range(1, 30_001)
+    ]
+    write_segments(tmp_path, [b"".join(raws)], [1])
+    assert sum(map(len, raws)) > 3 * 2**20
+    expected, invalid = classify_lines(raws)
+    assert invalid == [] and _per_line(list(scan(events_dir(tmp_path)))) == _per_line(expected)
+    assert _per_line(list(scan_ahead(events_dir(tmp_path)))) == _per_line(expected)
+
+
+def _per_line(items: Sequence[LineItem]) -> list[tuple[int, bytes | None]]:
+    """Each line as (seq, frame if decoded): a run may be cut in two where a read ends."""
+    out: list[tuple[int, bytes | None]] = []
+    for item in items:
+        if isinstance(item, range):
+            out.extend((seq, None) for seq in item)
+        else:
+            out.append((item.seq, item.frame))
+    return out
 
 
 def test_scan_ahead_reports_an_unreadable_segment(tmp_path: Path) -> None:
@@ -228,10 +263,11 @@ def test_scan_ahead_reports_an_unreadable_segment(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
-def test_a_killed_reader_is_an_error_not_a_short_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("thread", [None, True])
+def test_a_killed_reader_is_an_error_not_a_short_log(tmp_path: Path, thread: bool | None) -> None:
     """If the child dies mid-way, the caller gets an error, never a log that seems to end early."""
     folder = _log(tmp_path)
-    lines = scan_ahead(folder)
+    lines = scan_ahead(folder, thread=thread)
     next(lines)
     children = _children()
     assert children, "no reader process"
@@ -243,9 +279,10 @@ def test_a_killed_reader_is_an_error_not_a_short_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
-def test_closing_early_stops_the_reader(tmp_path: Path) -> None:
+@pytest.mark.parametrize("thread", [None, True])
+def test_closing_early_stops_the_reader(tmp_path: Path, thread: bool | None) -> None:
     folder = _log(tmp_path)
-    lines = scan_ahead(folder)
+    lines = scan_ahead(folder, thread=thread)
     next(lines)
     assert _children()
     lines.close()
@@ -270,7 +307,7 @@ def _children() -> list[int]:
 
 def test_decoded_lines_are_those_decode_line_gives(tmp_path: Path) -> None:
     folder = _log(tmp_path)
-    for item in scan_ahead(folder):
+    for item in scan_ahead(folder, decode_turns=False):
         if isinstance(item, LogLine):
             raw = encode(
                 item.seq, item.frame.decode(), direction=item.direction, received_at=item.received_at

@@ -20,11 +20,13 @@ from projections.user_texts import (
     FoldResult,
     FoldState,
     Gap,
+    LiveTurn,
     SkipReason,
     UserTextRow,
     fold,
     is_blank,
     line_key,
+    live_turn,
     normalize,
     spoken_key,
     turn_time,
@@ -55,7 +57,9 @@ T = TypeVar("T")
 
 
 def run(
-    lines: Sequence[LogLine | range], state: FoldState | None = None, table: MemoryTable | None = None
+    lines: Sequence[LogLine | LiveTurn | range],
+    state: FoldState | None = None,
+    table: MemoryTable | None = None,
 ) -> list[UserTextRow]:
     """Fold ``lines`` in one batch into ``table`` (a fresh one by default); return the whole table."""
     table = table if table is not None else MemoryTable()
@@ -217,6 +221,8 @@ def test_user_message_with_null_text_is_no_text() -> None:
         (transcript("yes"), "out", "agent_ws"),  # not received: not a transcript of the user
         (message("yes"), "in", "agent_ws"),  # the server never sends user_message
         (message("yes"), "in", "monitor"),  # not a shape the monitor is known to send
+        (message("yes"), None, "monitor"),  # no direction: not one the rule reads
+        (transcript("yes"), None, "agent_ws"),
         (transcript("yes"), "in", "capture"),
         (transcript("yes"), "in", "someone_else"),
         ("not json", "in", "agent_ws"),
@@ -226,7 +232,7 @@ def test_user_message_with_null_text_is_no_text() -> None:
     ],
 )
 def test_everything_else_is_not_projected_and_not_a_skip(
-    frame: str | bytes, direction: str, source: str
+    frame: str | bytes, direction: str | None, source: str
 ) -> None:
     result = fold(FoldState(), [line(1, frame, direction=direction, source=source)], MemoryTable())
     assert result.rows == [] and not result.skipped and result.lines == 1
@@ -502,26 +508,29 @@ def _split(items: Sequence[T], cuts: list[int]) -> list[Sequence[T]]:
 @given(
     steps=st.lists(STEP, min_size=10, max_size=60),
     cuts=st.lists(st.integers(0, 70), max_size=8),
-    classified=st.booleans(),
+    form=st.sampled_from(["decoded", "classified", "read ahead"]),
 )
 def test_any_frames_in_any_batches_equal_the_reference_model(
-    steps: list[Step], cuts: list[int], classified: bool
+    steps: list[Step], cuts: list[int], form: str
 ) -> None:
     """Property: folding in any batch sizes (carrying the state and the table) gives the model's rows.
 
     The model groups all sightings of the whole log at once; the fold merges
     them batch by batch, so this also checks that batch boundaries and the
-    order sightings arrive in do not matter. The lines go in either fully
-    decoded, or as the log scanner hands them on (ranges of seqs for the
-    lines the rule does not read).
+    order sightings arrive in do not matter. The lines go in fully decoded,
+    or as the log scanner hands them on (ranges of seqs for the lines the
+    rule does not read), or as a read-ahead process does (live user turns
+    as their LiveTurn).
     """
     raw = build_log(steps)
-    items: Sequence[LogLine | range]
-    if classified:
+    items: Sequence[LogLine | LiveTurn | range]
+    if form == "decoded":
+        items = [decode_line(r) for r in raw]
+    else:
         items, invalid = classify_lines(raw)
         assert invalid == []
-    else:
-        items = [decode_line(r) for r in raw]
+        if form == "read ahead":
+            items = [live_turn(item) or item if isinstance(item, LogLine) else item for item in items]
     state, table = FoldState(), MemoryTable()
     results: list[FoldResult] = []
     for batch in _split(items, cuts):
