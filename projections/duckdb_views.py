@@ -86,10 +86,11 @@ VIEW_NAMES = ("events", "user_texts", "conversations", "daily_activity")
 _VIEWS_VERSION = 1
 _META_TABLE = "capture_views"
 
-_SEGMENT_GLOB = "[0-9]*.jsonl*"
-# Segments only: the glob also matches ".jsonl.torn-…" sidecars, which hold cut
-# bytes whose seqs the log reuses.
-_SEGMENT_NAME = r"(^|[/\\])[0-9]{20}\.jsonl(\.gz|\.zst)?$"
+# Segments only (20 digits and an extension), not the ".jsonl.torn-…" sidecars,
+# which hold cut bytes whose seqs the log reuses. Exact globs rather than a
+# filter on the file name: that filter cost every line a regex, about 10%
+# of a scan.
+_SEGMENT_GLOBS = tuple("[0-9]" * 20 + extension for extension in (".jsonl", ".jsonl.gz", ".jsonl.zst"))
 
 _ENVELOPE_TYPES = {
     "seq": "BIGINT",
@@ -176,7 +177,7 @@ def _blank_free(text: str) -> str:
     return f"{text} IS NOT NULL AND trim({text}, {_chars(WHITESPACE)}) <> ''"
 
 
-def _user_texts_view(glob: str, name_filter: str) -> str:
+def _user_texts_view(glob: str) -> str:
     """The ``user_texts`` view: :mod:`projections.user_texts` stated in SQL.
 
     Where the Python fold merges each sighting into its row as the log goes,
@@ -198,8 +199,8 @@ def _user_texts_view(glob: str, name_filter: str) -> str:
 WITH candidates AS (
     SELECT json AS line, json_extract_string(json, ['$.source', '$.event.type', '$.direction']) AS head
     FROM read_json_objects({glob}, format = 'newline_delimited',
-                           ignore_errors = true, allow_empty = true, filename = true)
-    WHERE {name_filter} AND json IS NOT NULL
+                           ignore_errors = true, allow_empty = true)
+    WHERE json IS NOT NULL
 ), wanted AS (
     -- The lines the rule reads (a fraction of a log).
     SELECT line, head[1] AS source, head[2] AS type, head[3] AS direction_text
@@ -360,16 +361,17 @@ def view_statements(segments: str, placeholder: str) -> list[str]:
             segment at all DuckDB would otherwise not know the columns.
 
     """
-    pattern = segments.rstrip("/") + "/" + _SEGMENT_GLOB
-    glob = f"[{_literal(pattern)}, {_literal(placeholder)}]"
-    name_filter = f"regexp_matches(filename, {_literal(_SEGMENT_NAME)})"
+    folder = segments.rstrip("/") + "/"
+    glob = (
+        "[" + ", ".join(_literal(path) for path in (*(folder + g for g in _SEGMENT_GLOBS), placeholder)) + "]"
+    )
     events = f"""CREATE OR REPLACE VIEW events AS
 SELECT seq, received_at, source, direction, agent_id, connection_id, conversation_id,
        event->>'type' AS type, event, raw, raw_b64, crc32, filename AS segment
 FROM read_json({glob}, format = 'newline_delimited', columns = {_struct(_ENVELOPE_TYPES)},
                ignore_errors = true, allow_empty = true, filename = true)
-WHERE {name_filter} AND seq IS NOT NULL"""
-    user_texts = _user_texts_view(glob, name_filter)
+WHERE seq IS NOT NULL"""
+    user_texts = _user_texts_view(glob)
     conversations = """CREATE OR REPLACE VIEW conversations AS
 WITH parts AS (
     -- One row per (connection, conversation id) first: the init frame a client
