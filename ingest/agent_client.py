@@ -5,8 +5,11 @@ what to answer), :mod:`ingest.envelope` (the line), :mod:`ingest.reconnect`
 (what an end means, how long to wait). Per received frame, in order:
 
 1. audio frames are counted and dropped;
-2. the line is appended to the log (a ``write`` syscall, no await);
-3. a ``ping`` is answered with its ``pong`` at once.
+2. the line is appended to the log: the lines of a burst (the frames one
+   read from the socket gave) are written together, in one ``write``
+   syscall, before the loop waits for the network again; no await;
+3. a ``ping`` is answered with its ``pong`` at once, after a ``write`` of
+   every line so far.
 
 So when a pong leaves, every frame received before its ping is already in the
 OS. Nothing slow (projection, fsync under ``interval``) runs on this path.
@@ -327,6 +330,17 @@ class AgentClient:
         """The receive path: log, then answer; ends when the connection closes."""
         writer = self.writer
         summary = self.summary
+        loop = asyncio.get_running_loop()
+        flushing = False
+
+        def flush() -> None:
+            nonlocal flushing
+            flushing = False
+            try:
+                writer.flush()
+            except LogWriteError:
+                pass  # the writer keeps it: the next append raises it and ends the connection
+
         try:
             while True:
                 data = await websocket.recv()
@@ -343,11 +357,18 @@ class AgentClient:
                             SOURCE, "in", self.config.agent_id, conn.connection_id, conversation_id
                         )
                         conn.conversation_started.set()
-                writer.append(conn.origin_in, frame, received_at)
+                # The frames of a burst go to the log in one write, once this
+                # loop is about to wait for the network again (call_soon runs
+                # then): a write per frame was the receive path's largest cost.
+                writer.append(conn.origin_in, frame, received_at, defer=True)
+                if not flushing:
+                    flushing = True
+                    loop.call_soon(flush)
                 conn.frames += 1
                 summary.frames_logged += 1
                 pong = pong_for(frame)
                 if pong is not None:
+                    writer.flush()
                     # Once the server's close frame is parsed, frames it sent
                     # before it may still be queued: keep receiving them, and
                     # don't send (websockets would wait for the close to finish).

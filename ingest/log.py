@@ -216,6 +216,7 @@ class LogWriter:
         self._active: _Active | None = active
         self._on_error = on_error
         self._error: LogWriteError | None = None
+        self._deferred: list[bytes] = []  # lines appended with defer=True, not written yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if fsync is FsyncPolicy.INTERVAL:
@@ -289,7 +290,9 @@ class LogWriter:
     def active_segment(self) -> Path | None:
         return self._active.path if self._active else None
 
-    def append(self, origin: Origin, frame: Frame, received_at: datetime | int | None = None) -> int:
+    def append(
+        self, origin: Origin, frame: Frame, received_at: datetime | int | None = None, *, defer: bool = False
+    ) -> int:
         """Append one frame as one line and return its seq.
 
         Args:
@@ -297,9 +300,16 @@ class LogWriter:
             frame: The frame.
             received_at: When it arrived, as a datetime or ``time.time_ns()``;
                 now if omitted.
+            defer: Keep the line until :meth:`flush` (or the next append
+                without ``defer``, or a roll, or :meth:`close`) writes it
+                with the others, in one ``write``. A receive loop defers the
+                frames of a burst and flushes before it waits for more (see
+                ``asyncio``'s ``call_soon``): they were all in this process's
+                memory at once anyway. Ignored under ``--fsync always``.
 
-        When this returns, the line has been handed to the OS with ``write``
-        (and fsynced too under ``always``).
+        When this returns (without ``defer``), this line and every deferred
+        one have been handed to the OS with ``write`` (and fsynced too under
+        ``always``).
 
         Raises:
             LogWriteError: the write, an fsync or a rotation failed, now or
@@ -323,6 +333,34 @@ class LogWriter:
         else:
             stamp = format_timestamp(received_at)
         line = encode_line(seq, stamp, origin, frame)
+        if defer and self.fsync is not FsyncPolicy.ALWAYS:
+            self._deferred.append(line)
+        else:
+            self._write(active, line)
+        active.size += len(line)
+        self.next_seq = seq + 1
+        self.stats.lines += 1
+        self.stats.bytes += len(line)
+        return seq
+
+    def flush(self) -> None:
+        """Write the deferred lines (see :meth:`append`), if any, in one ``write``.
+
+        Raises:
+            LogWriteError: the write failed, now or earlier; the writer is then unusable.
+
+        """
+        if self._error is not None:
+            raise self._error
+        if self._deferred and self._active is not None:
+            self._write(self._active, b"")
+
+    def _write(self, active: _Active, line: bytes) -> None:
+        """Write the deferred lines and then ``line`` to the active segment."""
+        if self._deferred:
+            self._deferred.append(line)
+            line = b"".join(self._deferred)
+            self._deferred.clear()
         try:
             view = memoryview(line)
             while view:
@@ -336,11 +374,6 @@ class LogWriter:
                 LogWriteError(f"writing {active.path} failed: {exc.strerror or exc}; stopping")
             ) from exc
         active.dirty = self.fsync is not FsyncPolicy.ALWAYS
-        active.size += len(line)
-        self.next_seq = seq + 1
-        self.stats.lines += 1
-        self.stats.bytes += len(line)
-        return seq
 
     def _fail(self, error: LogWriteError) -> LogWriteError:
         """Record the first failure (the writer is unusable from now on) and return it."""
@@ -351,6 +384,8 @@ class LogWriter:
         return self._error
 
     def _rotate(self, active: _Active) -> _Active:
+        if self._deferred:
+            self._write(active, b"")  # deferred lines belong to the segment being closed
         path = active.path.with_name(segment_name(self.next_seq))
         try:
             with active.lock:
@@ -372,8 +407,9 @@ class LogWriter:
     def sync(self) -> None:
         """Fsync the active segment if anything appended is unsynced.
 
-        When it returns, every line appended before the call is on stable
-        storage (a rolled segment was fsynced when it was closed). Safe to
+        When it returns, every line written before the call is on stable
+        storage (a rolled segment was fsynced when it was closed); deferred
+        lines once :meth:`flush` wrote them. Safe to
         call from another thread (``await asyncio.to_thread(writer.sync)``), as
         the fsync thread does; it waits for an fsync already in progress.
 
@@ -419,6 +455,11 @@ class LogWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._deferred and self._error is None and self._active is not None:
+            try:
+                self._write(self._active, b"")
+            except LogWriteError:
+                pass  # recorded in self._error, raised below
         active, self._active = self._active, None
         try:
             if active is not None and active.fd >= 0:

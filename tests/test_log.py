@@ -483,3 +483,51 @@ def test_failed_background_fsync_stops_the_writer(tmp_path: Path) -> None:
         os.close(read_end)
         os.close(write_end)
     assert probe_lock(tmp_path) is None
+
+
+def test_deferred_lines_are_written_together_in_seq_order(tmp_path: Path) -> None:
+    """A burst's lines wait for flush(), or for the next plain append, a roll or close."""
+    writer = _open(tmp_path, rotation=RotationPolicy(max_bytes=10**9))
+    try:
+        segment = writer.active_segment
+        assert segment is not None
+        size = segment.stat().st_size
+        deferred = [writer.append(ORIGIN, _frame(i), defer=True) for i in range(3)]
+        assert segment.stat().st_size == size and writer.stats.lines == 3
+        writer.flush()
+        written = segment.stat().st_size
+        assert written > size
+        writer.append(ORIGIN, _frame(3), defer=True)
+        plain = writer.append(ORIGIN, _frame(4))  # writes the deferred line first
+        writer.append(ORIGIN, _frame(5), defer=True)
+    finally:
+        writer.close()  # writes the last deferred line
+    assert deferred == [1, 2, 3] and plain == 5
+    assert _seqs(tmp_path) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_roll_writes_deferred_lines_to_the_segment_they_belong_to(tmp_path: Path) -> None:
+    writer = _open(tmp_path, rotation=RotationPolicy(max_bytes=400))
+    try:
+        for i in range(12):
+            writer.append(ORIGIN, _frame(i), defer=True)
+    finally:
+        writer.close()
+    assert _seqs(tmp_path) == list(range(1, 13))
+    segments = list_segments(events_dir(tmp_path))
+    assert len(segments) > 2
+    for path in segments:  # each segment holds exactly the seqs its name says it starts at
+        seqs = [decode_line(raw).seq for raw in path.read_bytes().splitlines()]
+        assert seqs and seqs[0] == first_seq_of(path) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_under_fsync_always_nothing_is_deferred(tmp_path: Path) -> None:
+    writer = _open(tmp_path, fsync=FsyncPolicy.ALWAYS)
+    try:
+        segment = writer.active_segment
+        assert segment is not None
+        size = segment.stat().st_size
+        writer.append(ORIGIN, _frame(0), defer=True)
+        assert segment.stat().st_size > size and writer.stats.fsyncs == 1
+    finally:
+        writer.close()
