@@ -82,7 +82,7 @@ def format_epoch_ns(epoch_ns: int) -> str:
 
     """
     second, rest = divmod(epoch_ns, 1_000_000_000)
-    return f"{_second_prefix(second)}{rest // 1000:06d}Z"
+    return "%s%06dZ" % (_second_prefix(second), rest // 1000)  # noqa: UP031 - half the time of an f-string's :06d
 
 
 def frame_bytes(data: str | bytes) -> bytes:

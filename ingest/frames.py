@@ -8,8 +8,10 @@ parsed at most once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,8 +29,7 @@ __all__ = [
 _AUDIO_PREFIXES = ('{"type":"audio"', '{"type": "audio"')
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One frame as received (or sent), with what was learnt by parsing it.
 
     Attributes:
@@ -64,6 +65,13 @@ class Frame:
         return self.type == "audio"
 
 
+# A named tuple's own constructor is a Python function; tuple.__new__ is not,
+# and the receive path builds one per frame.
+_new_frame: Callable[[tuple[str | bytes, dict[str, Any] | None, str | None]], Frame] = partial(
+    tuple.__new__, Frame
+)
+
+
 def inspect_frame(data: str | bytes) -> Frame:
     """Parse a frame just enough to route it.
 
@@ -79,10 +87,10 @@ def inspect_frame(data: str | bytes) -> Frame:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
         return Frame(data, None, None)
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         return Frame(data, None, None)
     kind = message.get("type")
-    return Frame(data, message, kind if isinstance(kind, str) else None)
+    return _new_frame((data, message, kind if type(kind) is str else None))
 
 
 def pong_for(frame: Frame) -> str | None:
