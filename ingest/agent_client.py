@@ -331,11 +331,8 @@ class AgentClient:
         writer = self.writer
         summary = self.summary
         loop = asyncio.get_running_loop()
-        flushing = False
 
         def flush() -> None:
-            nonlocal flushing
-            flushing = False
             try:
                 writer.flush()
             except LogWriteError:
@@ -361,8 +358,7 @@ class AgentClient:
                 # loop is about to wait for the network again (call_soon runs
                 # then): a write per frame was the receive path's largest cost.
                 writer.append(conn.origin_in, frame, received_at, defer=True)
-                if not flushing:
-                    flushing = True
+                if writer.deferred == 1:  # the first of a burst: flush once the loop would wait
                     loop.call_soon(flush)
                 conn.frames += 1
                 summary.frames_logged += 1

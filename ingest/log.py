@@ -343,6 +343,11 @@ class LogWriter:
         self.stats.bytes += len(line)
         return seq
 
+    @property
+    def deferred(self) -> int:
+        """How many lines appended with ``defer`` wait for :meth:`flush`."""
+        return len(self._deferred)
+
     def flush(self) -> None:
         """Write the deferred lines (see :meth:`append`), if any, in one ``write``.
 

@@ -35,7 +35,7 @@ from ingest.envelope import EVENT_KEY, LineError, LogLine, decode_line
 from ingest.reader import open_segment
 from ingest.segments import first_seq_of, list_segments
 
-from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, LiveTurn, live_turn
+from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, Kind, LiveTurn, live_turn
 
 
 __all__ = [
@@ -82,6 +82,8 @@ _RULE_HEADS = frozenset(_TYPE_START + kind[:_HEAD_CHARS] for kind in _RULE_TYPE_
 _USUAL_HEADS: set[bytes] = set()
 _MAX_USUAL_HEADS = 1024
 _REST_SOURCE = b',"source":"' + REST.encode() + b'",'
+# How the frame of a live user turn starts when it is typed first (as sent).
+_TURN_STARTS = tuple(_TYPE_START + kind.encode() + b'"' for kind in (Kind.USER_TRANSCRIPT, Kind.USER_MESSAGE))
 # Bytes without this hold no REST line (inside a JSON string a quote is escaped).
 _REST_MARK = _REST_SOURCE[1:-1]
 
@@ -125,13 +127,6 @@ def _read_by_rule(raw: bytes, at: int, rest_possible: bool) -> bool | None:
     if _BACKSLASH in kind:
         return None  # an escape: only a parser knows the type
     return kind in _RULE_TYPE_BYTES or (rest_possible and raw.find(_REST_SOURCE, 0, at) >= 0)
-
-
-def _learned(head: bytes) -> bool:
-    """Remember ``head`` as one of the usual heads (while there is room); ``True``."""
-    if len(_USUAL_HEADS) < _MAX_USUAL_HEADS:
-        _USUAL_HEADS.add(head)
-    return True
 
 
 def _numbered(raws: Sequence[bytes]) -> int | None:
@@ -226,16 +221,20 @@ def classify(
             # (Without an `,"event":`, `head` starts inside the seq, so it is
             # not one of usual_heads.)
             head = raw[at : at + frame_head]
-            if head in usual_heads or (
-                at > skip_key
+            usual = head in usual_heads
+            if (
+                not usual
+                and at > skip_key
                 and head.startswith(type_start)
                 and _BACKSLASH not in head
                 and head not in rule_heads
-                and _learned(head)
             ):
-                if not (rest_possible and raw.find(rest, 0, at) >= 0):
-                    expected += 1  # the most common line of all
-                    continue
+                usual = True
+                if len(usual_heads) < _MAX_USUAL_HEADS:
+                    usual_heads.add(head)  # one set lookup decides the next such line
+            if usual and not (rest_possible and raw.find(rest, 0, at) >= 0):
+                expected += 1  # the most common line of all
+                continue
             wanted, seq = _read_by_rule(raw, at, rest_possible), expected
         if wanted is None:
             found = _looked_at(raw, rest_possible)
@@ -295,14 +294,16 @@ def read_turns(
 ) -> list[range | LiveTurn | Undecoded[P]]:
     """``items`` with each line that holds a live user turn replaced by its :func:`~projections.user_texts.live_turn`.
 
-    The other lines the rule reads stay undecoded (:func:`decode_items`
-    decodes them again; they are few); a line that fails its check is left
-    out, its position added to ``invalid``.
+    Only lines whose frame starts as a user turn's are decoded here (and
+    checked: one that fails is left out, its position added to ``invalid``);
+    the other lines the rule reads stay undecoded, for :func:`decode_items`.
     """
     out: list[range | LiveTurn | Undecoded[P]] = []
     keep = out.append
     for item in items:
-        if type(item) is not range:
+        if type(item) is not range and item[1].startswith(
+            _TURN_STARTS, item[1].find(EVENT_KEY) + len(EVENT_KEY)
+        ):
             seq, raw, where = item
             line = _checked(seq, raw)
             if line is None:

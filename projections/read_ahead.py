@@ -114,10 +114,9 @@ def scan_ahead(
     except OSError as exc:
         raise LogError(f"cannot start a process to read {events_dir}: {exc}") from exc
     assert child.stdout is not None and child.stderr is not None
-    widened = _widen(child.stdout)
-    messages = (
-        _pumped(child.stdout) if (not widened if thread is None else thread) else _received(child.stdout)
-    )
+    if thread is None:
+        thread = not _widen(child.stdout)
+    messages = _pumped(child.stdout) if thread else _received(child.stdout)
     try:
         for message in messages:
             if message is None:

@@ -49,7 +49,6 @@ from .user_texts import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCo
 
 __all__ = [
     "DEFAULT_DB_NAME",
-    "LinePosition",
     "SCHEMA_VERSION",
     "ProjectReport",
     "Progress",
@@ -70,8 +69,6 @@ SCHEMA_VERSION = 2
 #: Called after each committed batch with the seq of the last applied line.
 Progress = Callable[[int], None]
 
-#: Where a line is: the first seq of its segment (the name without extension) and its byte offset.
-LinePosition = Position
 
 _OUR_TABLES = frozenset(
     {
@@ -291,7 +288,7 @@ class UserTextStore:
     def last_seq(self) -> int:
         return self.state.last_seq
 
-    def apply(self, result: FoldResult, from_seq: int, invalid: Sequence[LinePosition] = ()) -> int | None:
+    def apply(self, result: FoldResult, from_seq: int, invalid: Sequence[Position] = ()) -> int | None:
         """Store one folded batch and its position in one transaction.
 
         Args:

@@ -610,18 +610,29 @@ def _read_live(line: LogLine, event: dict[str, Any], source: str, typed: bool) -
     )
 
 
-def live_turn(line: LogLine) -> LiveTurn | None:
-    """The live user turn ``line`` holds, or ``None`` (another kind of line, or a turn without text)."""
-    source = line.envelope.get("source")
+def _live_read(line: LogLine) -> tuple[str, str, dict[str, Any]] | None:
+    """(source, frame type, frame) of a live line the rule reads (its direction checked), else ``None``."""
+    envelope = line.envelope
+    source = envelope.get("source")
     event = line.event
-    if event is None or (source != AGENT_WS and source != MONITOR):
+    if type(source) is not str or event is None or (wanted := LIVE_RULE_TYPES.get(source)) is None:
         return None
     kind = event.get("type")
-    if kind != _TRANSCRIPT and kind != _MESSAGE:
+    if (
+        type(kind) is not str
+        or (direction := wanted.get(kind)) is None
+        or direction != envelope.get("direction")
+    ):
         return None
-    direction = LIVE_RULE_TYPES[source].get(kind)
-    if direction is None or direction != line.envelope.get("direction"):
+    return source, kind, event
+
+
+def live_turn(line: LogLine) -> LiveTurn | None:
+    """The live user turn ``line`` holds, or ``None`` (another kind of line, or a turn without text)."""
+    read = _live_read(line)
+    if read is None or (read[1] != _TRANSCRIPT and read[1] != _MESSAGE):
         return None
+    source, kind, event = read
     found = _read_live(line, event, source, kind == _MESSAGE)
     return None if isinstance(found, str) else found
 
@@ -768,14 +779,11 @@ class _Extractor:
             return
         envelope = line.envelope
         source = envelope.get("source")
-        if type(source) is str and (wanted := LIVE_RULE_TYPES.get(source)) is not None:
-            event = line.event
-            if event is None:
+        if type(source) is str and source in LIVE_RULE_TYPES:
+            read = _live_read(line)
+            if read is None:
                 return
-            kind = event.get("type")
-            direction = wanted.get(kind) if type(kind) is str else None
-            if direction is None or direction != envelope.get("direction"):
-                return
+            source, kind, event = read
             if kind == _TRANSCRIPT or kind == _MESSAGE:
                 found = _read_live(line, event, source, kind == _MESSAGE)
                 if isinstance(found, str):
