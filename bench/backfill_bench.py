@@ -8,7 +8,7 @@ fetch the same conversations:
 
 * ``ceiling``: a bare aiohttp client (a semaphore, the list pages, the GETs, the
   bodies read) that logs nothing;
-* ``backfill``: :func:`ingest.backfill.run_backfill` into an empty data dir
+* ``backfill``: :func:`ingest.sources.rest.backfill.run_backfill` into an empty data dir
   (``--fsync interval``), the same code as ``capture backfill``.
 
 Each is timed inside its process from the first request to the last answer, so
@@ -38,7 +38,7 @@ KEY = "sk_bench"
 
 SERVER = r"""
 import asyncio, sys
-from ingest.simulator import AccountSpec, Simulator
+from ingest.simulator.server import AccountSpec, Simulator
 n, latency = int(sys.argv[1]), float(sys.argv[2])
 async def main():
     spec = AccountSpec(conversations=n, processing=0, in_progress=0, spacing_secs=60)
@@ -96,8 +96,8 @@ asyncio.run(main())
 BACKFILL = r"""
 import asyncio, sys, time, orjson
 from pathlib import Path
-from ingest.backfill import BackfillConfig, run_backfill
-from ingest.log import LogWriter
+from ingest.sources.rest.backfill import BackfillConfig, run_backfill
+from ingest.log.writer import LogWriter
 url, concurrency, data_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 async def main():
     config = BackfillConfig("agent_demo", url, "sk_bench", concurrency=concurrency, wait_pending=0)

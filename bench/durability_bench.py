@@ -28,12 +28,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ingest.envelope import Origin
-from ingest.frames import inspect_frame
-from ingest.log import FsyncPolicy, LogWriter, events_dir
-from ingest.reader import iter_log
-from ingest.segments import RotationPolicy
-from ingest.simulator import Scenario, SimulatorThread
+from ingest.log.envelope import Origin
+from ingest.log.frames import inspect_frame
+from ingest.log.reader import iter_log
+from ingest.log.segments import RotationPolicy
+from ingest.log.writer import FsyncPolicy, LogWriter, events_dir
+from ingest.simulator.server import Scenario, SimulatorThread
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = r"""
 import asyncio, sys
-from ingest.simulator import Scenario, Simulator
+from ingest.simulator.server import Scenario, Simulator
 n = int(sys.argv[1])
 flood = Scenario(name="flood", flood=n, first_message=None, user_turns=[], extra_events=False, flood_ping_every=1000)
 async def main():
@@ -137,8 +137,8 @@ def run_capture(url: str, fsync: str, project: bool) -> Result:
         if proc.returncode != 0:
             raise SystemExit(f"capture ingest failed: {err.decode()}")
         sys.path.insert(0, str(ROOT))
-        from ingest.log import events_dir
-        from ingest.reader import iter_log
+        from ingest.log.reader import iter_log
+        from ingest.log.writer import events_dir
 
         first = last = None
         frames = 0

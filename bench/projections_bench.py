@@ -47,9 +47,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.envelope import Origin  # noqa: E402
-from ingest.frames import Frame, inspect_frame  # noqa: E402
-from ingest.log import FsyncPolicy, LogWriter, events_dir  # noqa: E402
+from ingest.log.envelope import Origin  # noqa: E402
+from ingest.log.frames import Frame, inspect_frame  # noqa: E402
+from ingest.log.writer import FsyncPolicy, LogWriter, events_dir  # noqa: E402
 
 
 console = Console()
@@ -270,8 +270,8 @@ def parse_ceiling(data_dir: Path) -> dict[str, Any]:
     code = f"""{_RSS}
 import orjson, time, json
 from pathlib import Path
-from ingest.reader import open_segment
-from ingest.segments import list_segments
+from ingest.log.reader import open_segment
+from ingest.log.segments import list_segments
 started = time.perf_counter()
 n = 0
 for path in list_segments(Path({str(events_dir(data_dir))!r})):
@@ -290,7 +290,7 @@ def rebuild_run(data_dir: Path, db: Path, total: int) -> dict[str, Any]:
     code = f"""{_RSS}
 import json
 from pathlib import Path
-from projections.sqlite_store import rebuild
+from projections.sqlite import rebuild
 marks = {{}}
 cpu_before = cpu_seconds()
 def progress(seq):

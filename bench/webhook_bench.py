@@ -41,9 +41,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.log import events_dir  # noqa: E402
-from ingest.reader import iter_log  # noqa: E402
-from ingest.webhook_sender import Delivery, DeliveryFactory, send  # noqa: E402
+from ingest.log.reader import iter_log  # noqa: E402
+from ingest.log.writer import events_dir  # noqa: E402
+from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send  # noqa: E402
 
 
 SECRET = "wsec_bench_0123456789abcdef"
@@ -54,8 +54,8 @@ import asyncio, os, signal, sys
 from pathlib import Path
 import orjson
 from aiohttp import web
-from ingest.log import FsyncPolicy, LogWriter
-from ingest.webhook import WebhookConfig, WebhookStats, run_webhook_server
+from ingest.log.writer import FsyncPolicy, LogWriter
+from ingest.sources.webhook.receiver import WebhookConfig, WebhookStats, run_webhook_server
 
 mode, data_dir = sys.argv[1], sys.argv[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import (
+from cli import (
     backfill_command,
     demo_command,
     ingest_command,

@@ -15,15 +15,14 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ingest.agent_urls import DEFAULT_BASE_URL, http_base_url
-from ingest.backfill import BackfillConfig, BackfillReport, run_backfill
+from cli.ingest_command import FSYNC_HELP
+from cli.options import DataDir
+from cli.output import console, err_console, reporting_errors, setup_logging
 from ingest.errors import CaptureError, ConfigError, LogWriteError
-from ingest.log import FsyncPolicy, LogWriter
-from ingest.signals import stop_on_signals
-
-from .ingest_command import FSYNC_HELP
-from .options import DataDir
-from .output import console, err_console, reporting_errors, setup_logging
+from ingest.log.writer import FsyncPolicy, LogWriter
+from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
+from ingest.sources.signals import stop_on_signals
+from ingest.sources.urls import DEFAULT_BASE_URL, http_base_url
 
 
 __all__ = ["parse_moment", "register"]

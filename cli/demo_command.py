@@ -13,13 +13,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ingest.agent_client import AgentConfig
-from ingest.service import IngestSettings, ingest
-from ingest.simulator import Scenario, Simulator
-from projections.sqlite_store import default_db_path, project
-
-from .options import DataDir
-from .output import console, reporting_errors
+from cli.options import DataDir
+from cli.output import console, reporting_errors
+from ingest.simulator.server import Scenario, Simulator
+from ingest.sources.agent.client import AgentConfig
+from ingest.sources.run import IngestSettings, ingest
+from projections.sqlite import default_db_path, project
 
 
 __all__ = ["register"]

@@ -11,20 +11,19 @@ import orjson
 import typer
 from rich.table import Table
 
-from ingest.agent_client import AgentConfig
-from ingest.agent_urls import DEFAULT_BASE_URL, ws_base_url
-from ingest.backfill import BackfillConfig, run_backfill
+from cli.options import DataDir, DbPath, parse_size, parse_vars
+from cli.output import console, reporting_errors, setup_logging
 from ingest.errors import ConfigError
-from ingest.log import FsyncPolicy, LogWriter
-from ingest.monitor import MonitorConfig, run_monitor
-from ingest.segments import DEFAULT_MAX_AGE, RotationPolicy
-from ingest.service import IngestSettings, Sidecar, Source, ingest
-from ingest.status import log_status
-from ingest.user_input import open_input, read_lines
-from ingest.webhook import WebhookConfig, run_webhook_server
-
-from .options import DataDir, DbPath, parse_size, parse_vars
-from .output import console, reporting_errors, setup_logging
+from ingest.log.segments import DEFAULT_MAX_AGE, RotationPolicy
+from ingest.log.status import log_status
+from ingest.log.writer import FsyncPolicy, LogWriter
+from ingest.sources.agent.client import AgentConfig
+from ingest.sources.agent.user_input import open_input, read_lines
+from ingest.sources.monitor import MonitorConfig, run_monitor
+from ingest.sources.rest.backfill import BackfillConfig, run_backfill
+from ingest.sources.run import IngestSettings, Sidecar, Source, ingest
+from ingest.sources.urls import DEFAULT_BASE_URL, ws_base_url
+from ingest.sources.webhook.receiver import WebhookConfig, run_webhook_server
 
 
 __all__ = ["register"]
@@ -285,7 +284,7 @@ def _sidecars(data_dir: Path, db: Path | None) -> list[Sidecar]:
 
 def _projection_status(data_dir: Path, db: Path | None) -> dict[str, object] | None:
     try:
-        from projections.sqlite_store import projection_status
+        from projections.sqlite import projection_status
     except ImportError:
         return None
     return projection_status(data_dir, db)

@@ -9,15 +9,14 @@ from typing import Annotated
 
 import typer
 
-from ingest.agent_urls import DEFAULT_BASE_URL, ws_base_url
+from cli.ingest_command import FSYNC_HELP
+from cli.options import DataDir
+from cli.output import console, reporting_errors, setup_logging
 from ingest.errors import ConfigError, LogWriteError
-from ingest.log import FsyncPolicy, LogWriter
-from ingest.monitor import MonitorConfig, MonitorReport, run_monitor
-from ingest.signals import stop_on_signals
-
-from .ingest_command import FSYNC_HELP
-from .options import DataDir
-from .output import console, reporting_errors, setup_logging
+from ingest.log.writer import FsyncPolicy, LogWriter
+from ingest.sources.monitor import MonitorConfig, MonitorReport, run_monitor
+from ingest.sources.signals import stop_on_signals
+from ingest.sources.urls import DEFAULT_BASE_URL, ws_base_url
 
 
 __all__ = ["register"]

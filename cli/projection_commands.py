@@ -16,12 +16,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.options import DataDir, DbPath
+from cli.output import console, err_console, reporting_errors
 from ingest.errors import QueryError
 from projections.duckdb_views import QueryResult, default_duckdb_path, open_analytics, run_query
-from projections.sqlite_store import ProjectReport, default_db_path, log_last_seq, project, rebuild
-
-from .options import DataDir, DbPath
-from .output import console, err_console, reporting_errors
+from projections.sqlite import ProjectReport, default_db_path, log_last_seq, project, rebuild
 
 
 __all__ = ["OutputFormat", "register"]

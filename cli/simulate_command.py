@@ -9,13 +9,12 @@ import aiohttp
 import orjson
 import typer
 
+from cli.output import console, reporting_errors
 from ingest.errors import CaptureError, ConfigError
-from ingest.signals import stop_on_signals
-from ingest.sim_account import AccountSpec
-from ingest.simulator import SCENARIOS, Scenario, Simulator, scenario_from_name
-from ingest.webhook_sender import DeliveryFactory, Signing, send_many
-
-from .output import console, reporting_errors
+from ingest.simulator.account import AccountSpec
+from ingest.simulator.server import SCENARIOS, Scenario, Simulator, scenario_from_name
+from ingest.simulator.webhook_sender import DeliveryFactory, Signing, send_many
+from ingest.sources.signals import stop_on_signals
 
 
 __all__ = ["register", "scenarios_from_names"]

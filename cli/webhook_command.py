@@ -9,12 +9,11 @@ from typing import Annotated
 
 import typer
 
+from cli.options import DataDir, parse_size
+from cli.output import console, reporting_errors, setup_logging
 from ingest.errors import ConfigError
-from ingest.log import FsyncPolicy
-from ingest.webhook import DEFAULT_MAX_BODY, DEFAULT_PATH, WebhookConfig, serve_webhooks
-
-from .options import DataDir, parse_size
-from .output import console, reporting_errors, setup_logging
+from ingest.log.writer import FsyncPolicy
+from ingest.sources.webhook.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH, WebhookConfig, serve_webhooks
 
 
 __all__ = ["SECRET_ENV", "register"]

@@ -16,7 +16,7 @@ Our exception hierarchy:
         * :class:`LockedError`: another writer holds the data dir's lock.
         * :class:`LogWriteError`: a write or fsync failed; never retried.
         * :class:`LogCorruptError`: a closed segment does not parse.
-    * :class:`~ingest.webhook_signature.SignatureError`: a webhook delivery's
+    * :class:`~ingest.sources.webhook.signature.SignatureError`: a webhook delivery's
       signature is missing, malformed, stale or wrong (answered 401).
     * :class:`ProjectionError`: a projection database cannot be used.
     * :class:`QueryError`: a SQL statement given by the user failed.

@@ -7,7 +7,7 @@ not the SQLite file):
 * ``events``: one row per log line: the envelope columns, ``type`` and the
   frame as ``event`` (JSON), ``raw`` or ``raw_b64``, and the ``segment`` file;
 * ``user_texts``: the same rows and columns as the SQLite table, by the same
-  rule (:mod:`projections.user_texts`), stated in SQL;
+  rule (:mod:`projections.rule`), stated in SQL;
 * ``conversations``: one row per conversation: agent, first and last event
   time, duration, user and agent turns, how it ended, the sources that logged it;
 * ``daily_activity``: one row per UTC day.
@@ -46,9 +46,8 @@ import duckdb
 import orjson
 
 from ingest.errors import ProjectionError, QueryError
-from ingest.log import events_dir
-
-from .user_texts import (
+from ingest.log.writer import events_dir
+from projections.rule import (
     AGENT_WS,
     CAPTURE,
     CLOSED_TYPE,
@@ -163,13 +162,13 @@ def _nonempty_of(json: str) -> str:
 
 
 def _normalized(text: str) -> str:
-    """SQL for :func:`~projections.user_texts.normalize`."""
+    """SQL for :func:`~projections.rule.normalize`."""
     spaces = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]+"
     return f"regexp_replace(trim({text}, {_chars(WHITESPACE)}), {_literal(spaces)}, ' ', 'g')"
 
 
 def _digest(*parts: str) -> str:
-    """SQL for :func:`projections.user_texts._digest` of SQL string expressions: sha256 of their JSON array."""
+    """SQL for :func:`projections.rule._digest` of SQL string expressions: sha256 of their JSON array."""
     return f"left(sha256(to_json([{', '.join(parts)}])::VARCHAR), 32)"
 
 
@@ -178,7 +177,7 @@ def _blank_free(text: str) -> str:
 
 
 def _user_texts_view(glob: str) -> str:
-    """The ``user_texts`` view: :mod:`projections.user_texts` stated in SQL.
+    """The ``user_texts`` view: :mod:`projections.rule` stated in SQL.
 
     Where the Python fold merges each sighting into its row as the log goes,
     the view groups all sightings at once: a row per key (spoken keys

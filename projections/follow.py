@@ -22,11 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.errors import CaptureError, ProjectionError
-from ingest.log import events_dir
-
-from .log_scan import LogTail
-from .sqlite_store import UserTextStore
-from .user_texts import fold
+from ingest.log.writer import events_dir
+from projections.log_scan import LogTail
+from projections.rule import fold
+from projections.sqlite import UserTextStore
 
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "NICENESS_STEP", "follow", "follower_niceness", "main"]

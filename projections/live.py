@@ -22,11 +22,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.log import LogWriter
-
-from .follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP, follower_niceness
-from .module_process import module_command
-from .sqlite_store import UserTextStore, default_db_path, projection_status
+from ingest.log.writer import LogWriter
+from projections.follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP, follower_niceness
+from projections.module_process import module_command
+from projections.sqlite import UserTextStore, default_db_path, projection_status
 
 
 __all__ = [
@@ -136,7 +135,7 @@ def start_live_projection(
 def live_projection_sidecar(
     data_dir: Path, db_path: Path | None
 ) -> Callable[[LogWriter], Callable[[], None]]:
-    """Adapt :func:`start_live_projection` to ``ingest.service``'s sidecar hook.
+    """Adapt :func:`start_live_projection` to ``ingest.sources.run``'s sidecar hook.
 
     The returned callable starts the follower once the writer is open and
     returns the function that stops it.

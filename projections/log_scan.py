@@ -1,15 +1,15 @@
 """Reading the log for the projections: a streaming catch-up scan and a live tail.
 
-Both hand the fold (:func:`projections.user_texts.fold`) one item per line:
+Both hand the fold (:func:`projections.rule.fold`) one item per line:
 
-* a :class:`~ingest.envelope.LogLine` for a line the rule reads (a user turn,
+* a :class:`~ingest.log.envelope.LogLine` for a line the rule reads (a user turn,
   an init frame, a ``connection_closed`` record, a REST body, a transcription
   webhook), fully decoded and checked (JSON, ``crc32``);
 * a ``range`` of seqs for consecutive lines the rule does not read: they
-  cannot give a row, so no :class:`~ingest.envelope.LogLine` is built for
+  cannot give a row, so no :class:`~ingest.log.envelope.LogLine` is built for
   them. Most of a log is such lines (pings, agent text, tentative transcripts);
 * from :func:`~projections.read_ahead.scan_ahead`, a
-  :class:`~projections.user_texts.LiveTurn` in place of a line holding a live
+  :class:`~projections.rule.LiveTurn` in place of a line holding a live
   user turn (:func:`read_turns`: the reading process did the decoding).
 
 A line that does not decode is not handed on; its position (segment, byte
@@ -31,11 +31,10 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from ingest.envelope import EVENT_KEY, LineError, LogLine, decode_line
-from ingest.reader import open_segment
-from ingest.segments import first_seq_of, list_segments
-
-from .user_texts import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, Kind, LiveTurn, live_turn
+from ingest.log.envelope import EVENT_KEY, LineError, LogLine, decode_line
+from ingest.log.reader import open_segment
+from ingest.log.segments import first_seq_of, list_segments
+from projections.rule import LIVE_RULE_TYPES, REST, TRANSCRIPTION_TYPE, WEBHOOK, Kind, LiveTurn, live_turn
 
 
 __all__ = [
@@ -172,7 +171,7 @@ def classify(
     """Sort complete lines into runs the rule does not read and lines it does, without decoding those.
 
     The rule reads, per source: the frame types in
-    :data:`~projections.user_texts.LIVE_RULE_TYPES`; every ``rest`` line; a
+    :data:`~projections.rule.LIVE_RULE_TYPES`; every ``rest`` line; a
     ``webhook`` line holding a ``post_call_transcription`` (or a ``raw``
     frame, whose type only parsing tells). A line that starts as the writer
     writes it (``{"seq":…,``), whose frame starts with ``{"type":"…"`` (no
@@ -292,7 +291,7 @@ def decode_items(items: Iterable[range | LiveTurn | Undecoded[P]], invalid: list
 def read_turns(
     items: Iterable[range | Undecoded[P]], invalid: list[P]
 ) -> list[range | LiveTurn | Undecoded[P]]:
-    """``items`` with each line that holds a live user turn replaced by its :func:`~projections.user_texts.live_turn`.
+    """``items`` with each line that holds a live user turn replaced by its :func:`~projections.rule.live_turn`.
 
     Only lines whose frame starts as a user turn's are decoded here (and
     checked: one that fails is left out, its position added to ``invalid``);

@@ -5,7 +5,7 @@ turns and what explains them). Telling those apart costs about as much as
 folding them and writing the rows, so on a machine with two cores a long
 catch-up splits the work: a child process reads the segments and classifies
 the lines (:func:`~projections.log_scan.classify`), and decodes those that
-hold live user turns into the :class:`~projections.user_texts.LiveTurn` the
+hold live user turns into the :class:`~projections.rule.LiveTurn` the
 fold takes in their place (:func:`~projections.log_scan.read_turns`: most of
 what the rule reads); the caller decodes the few other lines the rule reads,
 folds and writes. The child sends those, a chunk at a time through its stdout
@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ingest.errors import CaptureError, LogError
-
-from .log_scan import (
+from projections.log_scan import (
     LineItem,
     Position,
     ScanStats,
@@ -45,8 +44,8 @@ from .log_scan import (
     read_turns,
     scan_size,
 )
-from .module_process import module_command
-from .user_texts import LiveTurn, new_turn
+from projections.module_process import module_command
+from projections.rule import LiveTurn, new_turn
 
 
 __all__ = ["MIN_READ_AHEAD_BYTES", "scan_ahead", "worth_reading_ahead"]
@@ -82,7 +81,7 @@ def scan_ahead(
     """Yield what :func:`~projections.log_scan.scan` yields, reading and classifying in a child process.
 
     Lines holding live user turns may come as their
-    :class:`~projections.user_texts.LiveTurn`, decoded by the child.
+    :class:`~projections.rule.LiveTurn`, decoded by the child.
     Close the generator (or run it to the end) to stop the child; it also
     stops by itself when this process dies.
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 
+#: The checkout's root: the folder holding ingest/, projections/ and cli/.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 # Every wait in the tests is a condition with a timeout; this scales them all
 # on a slow machine (like websockets' WEBSOCKETS_TESTS_TIMEOUT_FACTOR).
 TIMEOUT_FACTOR = float(os.environ.get("CAPTURE_TESTS_TIMEOUT_FACTOR", "1"))

@@ -1,0 +1,96 @@
+"""Every source inside one ``capture ingest``: one process, one lock, one gap-free log."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ingest.log.lock import probe_lock
+from ingest.log.reader import iter_log
+from ingest.log.writer import events_dir
+from ingest.simulator.account import AccountSpec
+from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator.webhook_sender import DeliveryFactory, send_many
+from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sources_in_log(data_dir: Path) -> Counter[str]:
+    return Counter(line.source for line in iter_log(events_dir(data_dir)))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_all_sources_share_one_writer(data_dir: Path) -> None:
+    """Agent WebSocket, webhooks, REST backfill and monitor write one log in one process; SIGTERM exits 0."""
+    key, secret = "sk_one_process", "whsec_one_process"
+    port = free_port()
+    account = AccountSpec(conversations=6, in_progress=1, processing=0, live_turn_gap=0.05)
+    with SimulatorThread(
+        api_key=key, account=account, default=Scenario(end="wait"), ping_interval=0.1
+    ) as sim:
+        proc = subprocess.Popen(
+            [
+                *capture_command(),
+                "ingest",
+                "--agent-id",
+                "agent_demo",
+                "--base-url",
+                sim.http_url,
+                "--data-dir",
+                str(data_dir),
+                "--webhook-port",
+                str(port),
+                "--backfill-follow",
+                "--backfill-interval",
+                "1",
+                "--monitor",
+            ],
+            env=subprocess_env(ELEVENLABS_API_KEY=key, ELEVENLABS_WEBHOOK_SECRET=secret),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
+            deadline = time.monotonic() + 20 * TIMEOUT_FACTOR
+            statuses: list[int] = []
+            while not statuses:
+                try:
+                    statuses = sim.run(send_many(url, [DeliveryFactory(secret).transcription()]), 10)
+                except Exception:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+            assert statuses == [200]
+            wanted = {"agent_ws", "webhook", "rest", "monitor"}
+            while not wanted <= set(sources_in_log(data_dir)):
+                assert time.monotonic() < deadline, f"only {sources_in_log(data_dir)} in the log"
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+            assert probe_lock(data_dir) is not None
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=15 * TIMEOUT_FACTOR)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert probe_lock(data_dir) is None
+    assert key not in stderr
+    lines = list(iter_log(events_dir(data_dir)))
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key.encode() not in data and secret.encode() not in data

@@ -1,0 +1,217 @@
+"""The pure pieces of the REST sources: 429 classification, retry delays, list shapes, the captured rule, moments."""
+
+from __future__ import annotations
+
+import random
+from email.utils import formatdate
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cli.backfill_command import parse_moment
+from ingest.errors import ConfigError
+from ingest.log.envelope import Origin, decode_line, encode_line
+from ingest.log.frames import inspect_frame
+from ingest.log.writer import LogWriter, events_dir
+from ingest.simulator.account import Account, AccountSpec, BadQuery
+from ingest.sources.rest.api import conversation_url, list_params, monitor_url, parse_page
+from ingest.sources.rest.captured import captured_conversation_id, scan_captured
+from ingest.sources.rest.policy import Action, Retries, RetryPolicy, Verdict, classify, parse_retry_after
+
+
+def body(status: str) -> bytes:
+    return orjson.dumps({"detail": {"status": status, "message": "x"}})
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "action"),
+    [
+        (200, b"{}", Action.USE),
+        (404, b"{}", Action.USE),
+        (422, b"{}", Action.USE),
+        (401, b"{}", Action.FATAL),
+        (403, b"{}", Action.FATAL),
+        (429, body("too_many_concurrent_requests"), Action.WAIT_FOR_SLOT),
+        (429, body("system_busy"), Action.BACK_OFF),
+        (429, b"not json", Action.BACK_OFF),
+        (500, b"", Action.BACK_OFF),
+        (503, b"", Action.BACK_OFF),
+        (408, b"", Action.BACK_OFF),
+        (None, b"", Action.BACK_OFF),
+    ],
+)
+def test_classify(status: int | None, payload: bytes, action: Action) -> None:
+    assert classify(status, payload, None, now_unix=0, failure="reset").action is action
+
+
+def test_fatal_message_names_the_variable_not_the_key() -> None:
+    verdict = classify(401, b"", None, now_unix=0, what="the conversation list")
+    assert "ELEVENLABS_API_KEY" in verdict.reason and "the conversation list" in verdict.reason
+
+
+def test_retry_after_forms() -> None:
+    now = 1_800_000_000.0
+    assert parse_retry_after("3", now) == 3.0
+    assert parse_retry_after("0.5", now) == 0.5
+    assert parse_retry_after("-4", now) == 0.0
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    date = formatdate(now + 120, usegmt=True)
+    assert parse_retry_after(date, now) == pytest.approx(120, abs=1)
+    assert classify(429, body("system_busy"), "7", now_unix=now).retry_after == 7.0
+
+
+def test_slot_waits_do_not_grow_and_retry_after_is_honoured() -> None:
+    retries = Retries(RetryPolicy(slot_wait=0.5, max_slot_waits=3), random.Random(1))
+    slot = Verdict(Action.WAIT_FOR_SLOT, "429")
+    assert [retries.delay(slot) for _ in range(3)] == [0.5, 0.5, 0.5]
+    assert retries.delay(slot) is None  # gave up
+    honoured = Retries(RetryPolicy())
+    assert honoured.delay(Verdict(Action.WAIT_FOR_SLOT, "429", retry_after=4.0)) == 4.0
+    assert honoured.delay(Verdict(Action.BACK_OFF, "429", retry_after=9.0)) == 9.0
+    capped = Retries(RetryPolicy(max_retry_after=5.0))
+    assert capped.delay(Verdict(Action.BACK_OFF, "429", retry_after=3600.0)) == 5.0
+
+
+def test_backoff_grows_with_jitter_then_gives_up() -> None:
+    policy = RetryPolicy(initial_delay=1, min_delay=1, factor=2, max_delay=8, jitter=0.2, max_attempts=6)
+    retries = Retries(policy, random.Random(7))
+    busy = Verdict(Action.BACK_OFF, "busy")
+    delays = [retries.delay(busy) for _ in range(5)]
+    assert all(d is not None for d in delays)
+    assert 0 <= delays[0] < 1  # type: ignore[operator]
+    for delay, nominal in zip(delays[1:], [1, 2, 4, 8], strict=True):
+        assert nominal * 0.8 <= delay <= nominal  # type: ignore[operator]
+    assert retries.delay(busy) is None
+    with pytest.raises(ValueError):
+        retries.delay(Verdict(Action.USE, "200"))
+
+
+def test_list_params_and_urls() -> None:
+    assert list_params("agent_x", page_size=500) == {"page_size": "100", "agent_id": "agent_x"}
+    params = list_params("a", cursor="c", page_size=10, after_unix=5, before_unix=9)
+    assert params == {
+        "page_size": "10",
+        "agent_id": "a",
+        "cursor": "c",
+        "call_start_after_unix": "5",
+        "call_start_before_unix": "9",
+    }
+    assert conversation_url("https://api.eu.residency.elevenlabs.io/", "conv 1") == (
+        "https://api.eu.residency.elevenlabs.io/v1/convai/conversations/conv%201"
+    )
+    assert (
+        monitor_url("https://api.elevenlabs.io", "c")
+        == "wss://api.elevenlabs.io/v1/convai/conversations/c/monitor"
+    )
+    assert monitor_url("http://127.0.0.1:9", "c").startswith("ws://127.0.0.1:9/")
+
+
+def test_parse_page() -> None:
+    page = parse_page(
+        b'{"conversations":[{"conversation_id":"a","status":"done","start_time_unix_secs":5},'
+        b'{"conversation_id":7},{"conversation_id":"b"}],"next_cursor":"n","has_more":true}'
+    )
+    assert [(s.conversation_id, s.status, s.start_unix) for s in page.summaries] == [
+        ("a", "done", 5),
+        ("b", None, None),
+    ]
+    assert page.next_cursor == "n" and not page.last
+    assert parse_page(b'{"conversations":[],"next_cursor":"n","has_more":false}').last
+    with pytest.raises(ValueError):
+        parse_page(b'{"items":[]}')
+
+
+def line(source: str, frame: str, conversation_id: str | None = None):  # type: ignore[no-untyped-def]
+    origin = Origin(source, "in", "agent_x", None, conversation_id)
+    return decode_line(encode_line(1, "2026-01-01T00:00:00.000000Z", origin, inspect_frame(frame)))
+
+
+def test_captured_rule() -> None:
+    transcription = '{"type":"post_call_transcription","data":{"conversation_id":"conv_w"}}'
+    assert captured_conversation_id(line("webhook", transcription)) == "conv_w"
+    pretty = '{\n "type": "post_call_transcription",\n "data": {"conversation_id": "conv_p"}\n}'
+    assert captured_conversation_id(line("webhook", pretty)) == "conv_p"
+    audio = '{"type":"post_call_audio","data":{"conversation_id":"conv_a"}}'
+    assert captured_conversation_id(line("webhook", audio)) is None
+    assert captured_conversation_id(line("rest", '{"status":"done"}', "conv_r")) == "conv_r"
+    assert captured_conversation_id(line("rest", '{"conversation_id":"conv_b"}')) == "conv_b"
+    assert captured_conversation_id(line("monitor", '{"type":"user_transcript"}', "conv_m")) is None
+    assert captured_conversation_id(line("agent_ws", '{"type":"user_transcript"}', "conv_m")) is None
+
+
+def test_scan_captured_reads_from_where_it_stopped(tmp_path: Path) -> None:
+    chatter = inspect_frame('{"type":"user_transcript","user_transcription_event":{"event_id":1}}')
+    with LogWriter.open(tmp_path) as writer:
+        writer.append(Origin("agent_ws", "in", "a", "c", "conv_ws"), chatter)
+        writer.append(Origin("rest", "in", "a", None, "conv_1"), inspect_frame('{"status":"done"}'))
+        first = scan_captured(events_dir(tmp_path))
+        assert (first.conversation_ids, first.last_seq) == ({"conv_1"}, 2)
+        writer.append(Origin("monitor", "in", "a", "m", "conv_live"), chatter)
+        delivery = '{"type":"post_call_transcription","data":{"conversation_id":"conv_2"}}'
+        writer.append(Origin("webhook", "in", "a", None, None), inspect_frame(delivery))
+        first.conversation_ids.discard("conv_1")  # a rescan from seq 2 must not find it again
+        again = scan_captured(events_dir(tmp_path), first)
+    assert again is first and (again.conversation_ids, again.last_seq) == ({"conv_2"}, 4)
+
+
+def test_parse_moment() -> None:
+    now = 1_800_000_000.0
+    assert parse_moment("1767225600", now) == 1767225600
+    assert parse_moment("2026-01-01", now) == 1767225600
+    assert parse_moment("2026-01-01T01:00:00+01:00", now) == 1767225600
+    assert parse_moment("2026-01-01T00:00:00Z", now) == 1767225600
+    assert parse_moment("7d", now) == now - 7 * 86400
+    assert parse_moment("90m", now) == now - 5400
+    with pytest.raises(ConfigError, match="--until"):
+        parse_moment("yesterday", now, "--until")
+
+
+def test_sim_account_pages_are_stable_and_filtered() -> None:
+    spec = AccountSpec(conversations=23, other_agent_conversations=5, processing=2, in_progress=1, seed=3)
+    account = Account(spec)
+    assert Account(spec).conversations[0].conversation_id == account.conversations[0].conversation_id
+    ids: list[str] = []
+    cursor = None
+    first = True
+    while True:
+        page = orjson.loads(account.list_page(agent_id="agent_demo", cursor=cursor, page_size=5))
+        ids += [c["conversation_id"] for c in page["conversations"]]
+        if first:
+            # A conversation added mid-listing never shifts the pages that follow.
+            account.add()
+            first = False
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert len(ids) == len(set(ids)) == 23
+    starts = [account[i].start_unix for i in ids]
+    assert starts == sorted(starts, reverse=True)
+    statuses = [account[i].status for i in ids]
+    assert statuses[:3] == ["in-progress", "processing", "processing"]
+    assert {"done", "failed"} <= set(statuses)
+    middle = account[ids[10]].start_unix
+    window = orjson.loads(account.list_page(agent_id="agent_demo", after_unix=middle, page_size=100))
+    assert len(window["conversations"]) == 11 + 1  # and the one added
+    with pytest.raises(BadQuery):
+        account.list_page(page_size=101)
+    with pytest.raises(BadQuery):
+        account.list_page(cursor="@@@")
+
+
+def test_sim_account_processing_becomes_done() -> None:
+    clock = [0.0]
+    account = Account(AccountSpec(conversations=4, processing=2, done_after_polls=2), clock=lambda: clock[0])
+    first = account.of_agent("agent_demo", "processing")[0].conversation_id
+    statuses = [orjson.loads(account.get(first) or b"")["status"] for _ in range(3)]
+    assert statuses == ["processing", "processing", "done"]
+    timed = Account(
+        AccountSpec(conversations=4, processing=1, done_after_polls=None, done_after_seconds=5),
+        clock=lambda: clock[0],
+    )
+    conversation_id = timed.of_agent("agent_demo", "processing")[0].conversation_id
+    assert orjson.loads(timed.get(conversation_id) or b"")["status"] == "processing"
+    clock[0] += 5
+    assert orjson.loads(timed.get(conversation_id) or b"")["status"] == "done"
+    assert account.get("conv_nope") is None
