@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -18,13 +16,8 @@ from ingest.log.writer import events_dir
 from ingest.simulator.account import AccountSpec
 from ingest.simulator.server import Scenario, SimulatorThread
 from ingest.simulator.webhook_sender import DeliveryFactory, send_many
-from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import TIMEOUT_FACTOR
+from tests.e2e.commands import free_port, start
 
 
 def sources_in_log(data_dir: Path) -> Counter[str]:
@@ -40,27 +33,22 @@ def test_all_sources_share_one_writer(data_dir: Path) -> None:
     with SimulatorThread(
         api_key=key, account=account, default=Scenario(end="wait"), ping_interval=0.1
     ) as sim:
-        proc = subprocess.Popen(
-            [
-                *capture_command(),
-                "ingest",
-                "--agent-id",
-                "agent_demo",
-                "--base-url",
-                sim.http_url,
-                "--data-dir",
-                str(data_dir),
-                "--webhook-port",
-                str(port),
-                "--backfill-follow",
-                "--backfill-interval",
-                "1",
-                "--monitor",
-            ],
-            env=subprocess_env(ELEVENLABS_API_KEY=key, ELEVENLABS_WEBHOOK_SECRET=secret),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = start(
+            "ingest",
+            "--agent-id",
+            "agent_demo",
+            "--base-url",
+            sim.http_url,
+            "--data-dir",
+            str(data_dir),
+            "--webhook-port",
+            str(port),
+            "--backfill-follow",
+            "--backfill-interval",
+            "1",
+            "--monitor",
+            ELEVENLABS_API_KEY=key,
+            ELEVENLABS_WEBHOOK_SECRET=secret,
         )
         try:
             url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
