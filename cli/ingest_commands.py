@@ -75,14 +75,6 @@ def _required(value: str | None, message: str) -> str:
     return value
 
 
-def _agent_and_key(agent_id: str | None, needed_by: str) -> tuple[str, str]:
-    """The agent id and API key a REST source needs, or the :class:`ConfigError` saying which is missing."""
-    agent = _required(agent_id, NO_AGENT)
-    return agent, _required(
-        os.environ.get(API_KEY_ENV), f"no API key: set {API_KEY_ENV} ({needed_by} needs one)"
-    )
-
-
 def _live_projection(data_dir: Path, db: Path | None, no_project: bool) -> list[Sidecar]:
     return [] if no_project else [live_projection_sidecar(data_dir, db)]
 
@@ -198,8 +190,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     "nothing to capture: --no-agent-ws needs --webhook-port, --backfill-follow or --monitor"
                 )
-            # Fail on a bad URL now rather than at the first connection.
-            ws_base_url(base_url)
+            ws_base_url(base_url)  # a bad URL fails now, not at the first connection
             sources: list[Source[object]] = []
             if webhook_port is not None:
                 secret = _required(
@@ -359,13 +350,11 @@ def register(app: typer.Typer) -> None:
         """
         setup_logging(verbose)
         with reporting_errors():
-            agent, api_key = _agent_and_key(agent_id, "the Conversations API")
-            http_base_url(base_url)
             now = time.time()
             config = BackfillConfig(
-                agent_id=agent,
+                agent_id=agent_id or "",
                 base_url=base_url,
-                api_key=api_key,
+                api_key=os.environ.get(API_KEY_ENV, ""),
                 since=parse_moment(since, now, "--since") if since else None,
                 until=parse_moment(until, now, "--until") if until else None,
                 page_size=page_size,
@@ -375,6 +364,7 @@ def register(app: typer.Typer) -> None:
                 interval=interval,
                 wait_pending=wait_pending,
             )
+            http_base_url(base_url)  # a bad URL fails now, not at the first request
             with progress_bar() as bar:
                 task = bar.add_task("backfill", total=None)
 
@@ -440,18 +430,17 @@ def register(app: typer.Typer) -> None:
         """
         setup_logging(verbose)
         with reporting_errors():
-            agent, api_key = _agent_and_key(agent_id, "the monitor socket")
-            ws_base_url(base_url)
             config = MonitorConfig(
-                agent_id=agent,
+                agent_id=agent_id or "",
                 base_url=base_url,
-                api_key=api_key,
+                api_key=os.environ.get(API_KEY_ENV, ""),
                 poll_interval=poll_interval,
                 lookback=lookback,
                 concurrency=concurrency,
                 max_attachments=max_attachments,
                 max_conversations=max_conversations,
             )
+            ws_base_url(base_url)  # a bad URL fails now, not at the first connection
             report = _write_log(
                 lambda writer, stop: run_monitor(writer, config, stop),
                 LogSettings(data_dir, fsync, fsync_interval, command="capture monitor"),
