@@ -17,7 +17,7 @@ from ingest.simulator.account import AccountSpec
 from ingest.simulator.server import Scenario, SimulatorThread
 from ingest.simulator.webhook_sender import DeliveryFactory, send_many
 from tests.conftest import TIMEOUT_FACTOR
-from tests.e2e.commands import free_port, start
+from tests.e2e.commands import capture, free_port, start
 
 
 def sources_in_log(data_dir: Path) -> Counter[str]:
@@ -82,3 +82,18 @@ def test_all_sources_share_one_writer(data_dir: Path) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert key.encode() not in data and secret.encode() not in data
+
+
+def test_the_other_sources_stop_when_the_agent_client_is_done(data_dir: Path) -> None:
+    """After --max-conversations the webhook receiver stops with the agent client: ingest exits 0 on its own."""
+    port = free_port()
+    with SimulatorThread() as sim:
+        done = capture(
+            "ingest", "--agent-id", "agent_demo", "--base-url", sim.http_url, "--data-dir", str(data_dir),
+            "--max-conversations", "1", "--webhook-port", str(port), "--no-project",
+            ELEVENLABS_WEBHOOK_SECRET="whsec_one_process",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 conversations" in done.stdout
+    assert f"listening on http://127.0.0.1:{port}/" in done.stderr  # it did run beside the agent client
+    assert probe_lock(data_dir) is None
