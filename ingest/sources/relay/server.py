@@ -51,6 +51,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, ProtocolError
 from websockets.typing import Origin, Subprotocol
+from yarl import URL
 
 from ingest.errors import ConfigError, LogWriteError
 from ingest.log.writer import LogWriter
@@ -279,7 +280,7 @@ class _Relay:
         if refusal is not None:
             return self._refuse(refusal, "signed-URL call", request)
         assert agent_id is not None and self._http is not None
-        url = f"{http_base_url(cfg.base_url)}{SIGNED_URL_PATHS[0]}?{request.query_string}"
+        url = URL(f"{http_base_url(cfg.base_url)}{SIGNED_URL_PATHS[0]}?{_raw_query(request)}", encoded=True)
         headers = {"xi-api-key": cfg.api_key} if cfg.api_key else {}
         try:
             async with self._http.get(url, headers=headers, allow_redirects=False) as response:
@@ -327,7 +328,7 @@ class _Relay:
         refusal = socket_refusal(cfg, agent_id)
         if refusal is None and (self.stopping or len(self.connections) >= cfg.max_connections):
             refusal = busy(cfg.max_connections)
-        query = request.query_string
+        query = _raw_query(request)
         url = upstream_public_url(cfg.base_url, query)
         token = token_of(query)
         if refusal is None and token is not None:
@@ -408,6 +409,11 @@ class _Relay:
             self._count_refusal(502)
             log.warning("the upstream handshake failed: %s", exc)
             return _upstream_failure(502, "the upstream handshake failed", exc)
+
+
+def _raw_query(request: web.Request) -> str:
+    """The request's query string exactly as the client sent it (aiohttp's ``query_string`` is decoded)."""
+    return request.raw_path.partition("?")[2]
 
 
 def _passed_headers(headers: Headers) -> dict[str, str]:
@@ -559,8 +565,9 @@ class _Relayed:
             elif kind is WSMsgType.CLOSE:
                 return _End(message.data or None, message.extra or "")
             elif kind is WSMsgType.ERROR:
-                # aiohttp has closed the client with the code (1009 for a frame too large, …).
-                return _End(client.close_code, str(message.data)[:120])
+                # aiohttp has closed the client with the error's code (1009 for a frame too large, …).
+                error = message.data
+                return _End(getattr(error, "code", None) or client.close_code, str(error)[:120])
             elif kind is WSMsgType.CLOSED or kind is WSMsgType.CLOSING:
                 return _End(1006, "", dropped=True)
 
@@ -594,11 +601,14 @@ class _Relayed:
         return end
 
     async def _close_both(self, platform_pump: asyncio.Task[_End], client_pump: asyncio.Task[_End]) -> _End:
-        """The relay ends the connection: a stalled side is dropped, the other closed with the reason."""
+        """The relay ends the connection: a stalled side is dropped, the other closed with the reason.
+
+        Both pumps keep reading (and logging, no longer forwarding) until their
+        side is gone: a close answer waits behind the frames before it, and a
+        pump stuck forwarding to a dropped side is released by the drop.
+        """
         code, reason = self._halt
         self._client_closing = self._platform_closing = True
-        for task in (platform_pump, client_pump):
-            task.cancel()
         if self._stalled == "client":
             self._abort_client()
         else:
@@ -610,6 +620,8 @@ class _Relayed:
                 await asyncio.wait_for(self.upstream.close(code, reason), self.relay.config.close_timeout)
             except TimeoutError:
                 self.upstream.transport.abort()
+        await self._settle(platform_pump)
+        await self._settle(client_pump)
         return _End(code, reason)
 
     async def _close_client(self, code: int, reason: str) -> None:

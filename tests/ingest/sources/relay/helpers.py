@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -97,3 +99,66 @@ class RelayThread:
 def logged(data_dir: Path) -> list[LogLine]:
     """Every line of the log, in order."""
     return list(iter_log(events_dir(data_dir)))
+
+
+class Running:
+    """A relay on the test's own event loop (see :func:`relaying`)."""
+
+    def __init__(self, task: asyncio.Task[RelayReport], stop: asyncio.Event, report: RelayReport) -> None:
+        self.task = task
+        self.stop_event = stop
+        self.report = report
+        self.port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def conversation_url(self, agent_id: str = AGENT, **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"agent_id": agent_id, **params}.items())
+        return f"{self.ws_url}/v1/convai/conversation?{query}"
+
+    async def stop(self) -> RelayReport:
+        self.stop_event.set()
+        return await asyncio.wait_for(self.task, 30 * TIMEOUT_FACTOR)
+
+
+@contextlib.asynccontextmanager
+async def relaying(data_dir: Path, config: RelayConfig) -> AsyncIterator[Running]:
+    """Run the relay (port 0) with its own writer on the running loop for the body; then stop it."""
+    writer = LogWriter.open(data_dir, command="relay test")
+    stop = asyncio.Event()
+    report = RelayReport()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_relay(writer, replace(config, port=0), stop, report=report, on_ready=ready.set_result)
+    )
+    running = Running(task, stop, report)
+    try:
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=10 * TIMEOUT_FACTOR, return_when="FIRST_COMPLETED"
+        )
+        if task in done:
+            task.result()
+        running.port = ready.result()
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+        writer.close()
+
+
+def config(sim_url: str, **overrides: Any) -> RelayConfig:
+    """A relay of the simulator's ``agent_demo`` with the upstream key."""
+    return RelayConfig(**{"agent_ids": [AGENT], "base_url": sim_url, "api_key": KEY, **overrides})
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
