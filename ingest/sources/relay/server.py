@@ -452,9 +452,8 @@ class _Relayed:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._halted = asyncio.Event()
         self._halt: tuple[int, str] = _STOPPING
-        # Monotonic time a forward began, 0.0 when none is in progress.
-        self._to_client_since = 0.0
-        self._to_platform_since = 0.0
+        # Per side: (frames received for it, bytes waiting in its socket's buffer, when either last moved).
+        self._progress: dict[str, tuple[int, int, float]] = {}
         # Once a side closed, frames it would be sent are still logged, not forwarded.
         self._client_closing = False
         self._platform_closing = False
@@ -467,14 +466,27 @@ class _Relayed:
             self._halted.set()
 
     def check_stall(self, now: float, limit: float) -> None:
-        """Close the connection if a forward has waited longer than ``limit`` seconds."""
+        """Close the connection if a side has not read for ``limit`` seconds while frames wait for it.
+
+        Called by the watchdog a few times per ``limit``. A side is stalled when
+        bytes wait in its socket's buffer and neither they nor the frames
+        received for it have moved: nothing on the forwarding path is timed.
+        """
         if self._halted.is_set():
             return
-        for since, side in ((self._to_client_since, "client"), (self._to_platform_since, "platform")):
-            if since and now - since > limit:
+        session = self.session
+        for side, transport, received in (
+            ("client", self.request.transport, session.frames_in + session.audio_in),
+            ("platform", self.upstream.transport, session.frames_out + session.audio_out),
+        ):
+            waiting = transport.get_write_buffer_size() if transport is not None else 0
+            before = self._progress.get(side)
+            if before is None or not waiting or received != before[0] or waiting < before[1]:
+                self._progress[side] = (received, waiting, now)
+            elif now - before[2] > limit:
                 self._stalled = side
                 reason = f"capture relay: the {side} did not read for {limit:g} s"
-                log.warning("%s (connection %s); closing it", reason, self.session.connection_id)
+                log.warning("%s (connection %s); closing it", reason, session.connection_id)
                 self.relay.report.stalled += 1
                 self.halt(1011, reason)
                 return
@@ -514,7 +526,8 @@ class _Relayed:
         """Platform → client: log, then forward, until the platform's side ends."""
         upstream, client, session = self.upstream, self.client, self.session
         append = self.relay.writer.append
-        loop_time = asyncio.get_running_loop().time
+        send = client.send_frame
+        text, binary = WSMsgType.TEXT, WSMsgType.BINARY
         try:
             while True:
                 data = await upstream.recv()
@@ -524,15 +537,13 @@ class _Relayed:
                     append(session.origin_in, frame, received_at)
                 if self._client_closing:
                     continue
-                self._to_client_since = loop_time()
                 try:
                     if type(data) is str:
-                        await client.send_str(data)
+                        await send(data.encode(), text)
                     else:
-                        await client.send_bytes(cast(bytes, data))
+                        await send(cast(bytes, data), binary)
                 except ConnectionError:
                     self._client_closing = True  # the client's pump sees how it went
-                self._to_client_since = 0.0
         except ConnectionClosed as exc:
             if exc.rcvd is None:
                 return _End(1006, "", dropped=True)
@@ -543,7 +554,6 @@ class _Relayed:
         """Client → platform: log, then forward, until the client's side ends."""
         upstream, client, session = self.upstream, self.client, self.session
         append = self.relay.writer.append
-        loop_time = asyncio.get_running_loop().time
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY
         while True:
             message = await client.receive()
@@ -556,12 +566,10 @@ class _Relayed:
                     append(session.origin_out, frame, received_at)
                 if self._platform_closing:
                     continue
-                self._to_platform_since = loop_time()
                 try:
                     await upstream.send(data)
                 except ConnectionClosed:
                     self._platform_closing = True  # the platform's pump sees how it went
-                self._to_platform_since = 0.0
             elif kind is WSMsgType.CLOSE:
                 return _End(message.data or None, message.extra or "")
             elif kind is WSMsgType.ERROR:
