@@ -22,6 +22,8 @@ from ingest.sources.urls import DEFAULT_BASE_URL
 
 __all__ = ["register"]
 
+API_KEY_ENV = "ELEVENLABS_API_KEY"
+
 
 # The writer's lifecycle as cli/monitor_command.py has it, until `capture ingest --relay-port`
 # runs the relay on the shared one.
@@ -129,12 +131,15 @@ def register(app: typer.Typer) -> None:
             config = RelayConfig(
                 agent_ids=agent_id,
                 base_url=base_url,
-                api_key=os.environ.get("ELEVENLABS_API_KEY") or None,
+                api_key=os.environ.get(API_KEY_ENV) or None,
                 relay_token=os.environ.get(RELAY_TOKEN_ENV) or None,
                 host=host,
                 port=port,
                 public_url=public_url,
                 stall_timeout=stall_timeout,
             )
+            # Read once: a child process (the live projection) must not inherit them.
+            for name in (API_KEY_ENV, RELAY_TOKEN_ENV):
+                os.environ.pop(name, None)
             report = asyncio.run(_run(config, data_dir, fsync, fsync_interval, db, not no_project))
         console.print(str(report), highlight=False, soft_wrap=True)

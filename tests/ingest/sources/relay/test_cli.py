@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import psutil
 import pytest
 from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
@@ -117,6 +118,12 @@ def test_capture_relay_logs_projects_live_and_stops_cleanly(data_dir: Path) -> N
             while len(rows()) < 2:
                 assert asyncio.get_running_loop().time() < deadline, "no rows from the live projection"
                 await asyncio.sleep(0.02)
+            # The live projection runs in a child process that never saw the secrets.
+            children = psutil.Process(proc.pid).children(recursive=True)
+            assert children
+            for child in children:
+                values = set(child.environ().values())
+                assert KEY not in values and RELAY_TOKEN not in values
             proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(ConnectionClosed):
                 while True:
