@@ -10,6 +10,7 @@ from cli import (
     ingest_command,
     monitor_command,
     projection_commands,
+    relay_command,
     simulate_command,
     webhook_command,
 )
@@ -29,6 +30,7 @@ demo_command.register(app)
 webhook_command.register(app)
 backfill_command.register(app)
 monitor_command.register(app)
+relay_command.register(app)
 
 
 def main() -> None:

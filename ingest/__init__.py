@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     )
     from ingest.sources.agent.client import AgentConfig, IngestSummary
     from ingest.sources.monitor import MonitorConfig, run_monitor
+    from ingest.sources.relay import RelayConfig, RelayReport, run_relay
     from ingest.sources.rest.backfill import BackfillConfig, run_backfill
     from ingest.sources.run import IngestSettings, ingest
     from ingest.sources.webhook.receiver import WebhookConfig, run_webhook_server
@@ -66,6 +67,8 @@ __all__ = [
     "Origin",
     "ProjectionError",
     "QueryError",
+    "RelayConfig",
+    "RelayReport",
     "RotationPolicy",
     "WebhookConfig",
     "decode_line",
@@ -76,6 +79,7 @@ __all__ = [
     "log_status",
     "run_backfill",
     "run_monitor",
+    "run_relay",
     "run_webhook_server",
 ]
 
@@ -103,6 +107,7 @@ _LAZY = {
     "run_monitor": "ingest.sources.monitor",
     "BackfillConfig": "ingest.sources.rest.backfill",
     "run_backfill": "ingest.sources.rest.backfill",
+    **dict.fromkeys(("RelayConfig", "RelayReport", "run_relay"), "ingest.sources.relay"),
     "IngestSettings": "ingest.sources.run",
     "ingest": "ingest.sources.run",
     "WebhookConfig": "ingest.sources.webhook.receiver",
