@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import ingest_commands, log_commands, projection_commands, simulator_commands
+from cli import ingest_commands, log_commands, projection_commands, relay_command, simulator_commands
 
 
 app = typer.Typer(
@@ -15,6 +15,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 ingest_commands.register(app)
+relay_command.register(app)
 log_commands.register(app)
 projection_commands.register(app)
 simulator_commands.register(app)

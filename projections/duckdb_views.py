@@ -48,7 +48,6 @@ import orjson
 from ingest.errors import ProjectionError, QueryError
 from ingest.log.writer import events_dir
 from projections.rule import (
-    AGENT_WS,
     CAPTURE,
     CLOSED_TYPE,
     DEFAULT_USER_ID,
@@ -59,6 +58,7 @@ from projections.rule import (
     MAX_OFFSET_SECS,
     MAX_START_SECS,
     REST,
+    SPOKEN_LIVE_SOURCES,
     TRANSCRIPTION_TYPE,
     WEBHOOK,
     WHITESPACE,
@@ -125,6 +125,7 @@ _RULE_STRUCTURE: dict[str, object] = {
 
 _NUMBER = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 _EVENT_ID = "('BIGINT', 'UBIGINT', 'VARCHAR')"
+_SPOKEN_LIVE = "(" + ", ".join(f"'{source}'" for source in SPOKEN_LIVE_SOURCES) + ")"
 _EVENT_KEY = ',"event":'
 
 
@@ -250,7 +251,7 @@ WITH candidates AS (
 ), live_sightings AS (
     SELECT seq, NULL::BIGINT AS entry, source, conversation_id, text, user_id, received_at AS turn_at, event_id,
            line[strpos(line, '{_EVENT_KEY}') + {len(_EVENT_KEY)} : length(line) - 1] AS raw_event,
-           CASE WHEN typed THEN '{Medium.TEXT}' WHEN source = '{AGENT_WS}' THEN '{Medium.AUDIO}' END AS medium,
+           CASE WHEN typed THEN '{Medium.TEXT}' WHEN source IN {_SPOKEN_LIVE} THEN '{Medium.AUDIO}' END AS medium,
            CASE WHEN conversation_id IS NULL THEN 'seq:' || seq::VARCHAR
                 WHEN typed THEN 'typed:' || {_digest("conversation_id", "normal", "(row_number() OVER (PARTITION BY typed, connection_id, epoch, conversation_id, normal ORDER BY seq))::VARCHAR")}
                 WHEN event_id IS NOT NULL THEN {spoken_key}

@@ -12,6 +12,8 @@ the constants here. Tests check that both agree row for row.
 * ``agent_ws``: a ``user_transcript`` received (direction ``in``, text at
   ``user_transcription_event.user_transcript``, spoken) and a ``user_message``
   sent (direction ``out``, text at ``text``, typed);
+* ``relay``: the same as ``agent_ws``, in both directions of a conversation
+  the relay stood in (:data:`SPOKEN_LIVE_SOURCES`);
 * ``monitor``: a ``user_transcript`` received (medium unknown: the monitor
   socket may show typed text this way too);
 * ``rest``: each ``role: "user"`` entry of the GET-conversation body's
@@ -32,7 +34,7 @@ collapsed to one space, ends trimmed). Each sighting has a key:
   ``event_id``, or the ``source_event_id`` of a REST/webhook entry that is not
   typed (the API ties one to the other);
 * *typed* ``(conversation, text, n)``: n-th typed user turn with that text in
-  the conversation, counted in the source's own order: ``agent_ws``
+  the conversation, counted in the source's own order: ``agent_ws`` or ``relay``
   ``user_message`` lines of the connection, or ``source_medium: "text"``
   entries of the one transcript (so every copy of a body gives the same keys);
 * *entry* ``(conversation, source_medium, text, n)``: a REST/webhook entry
@@ -96,7 +98,9 @@ __all__ = [
     "MAX_OFFSET_SECS",
     "MAX_START_SECS",
     "MONITOR",
+    "RELAY",
     "REST",
+    "SPOKEN_LIVE_SOURCES",
     "TRANSCRIPTION_TYPE",
     "WEBHOOK",
     "WHITESPACE",
@@ -129,6 +133,7 @@ TRANSCRIPTION_TYPE = "post_call_transcription"
 
 AGENT_WS = "agent_ws"
 MONITOR = "monitor"
+RELAY = "relay"
 REST = "rest"
 WEBHOOK = "webhook"
 CAPTURE = "capture"
@@ -161,12 +166,18 @@ COLUMNS = (
     "seq",
 )
 
+_CONVERSATION_TYPES: Mapping[str, str] = {INIT_TYPE: "out", "user_transcript": "in", "user_message": "out"}
+
 #: Per live source, the frame types the rule reads (with the direction it needs).
 LIVE_RULE_TYPES: Mapping[str, Mapping[str, str]] = {
-    AGENT_WS: {INIT_TYPE: "out", "user_transcript": "in", "user_message": "out"},
+    AGENT_WS: _CONVERSATION_TYPES,
+    RELAY: _CONVERSATION_TYPES,
     MONITOR: {"user_transcript": "in"},
     CAPTURE: {CLOSED_TYPE: "in"},
 }
+
+#: Live sources whose ``user_transcript`` is the platform's transcript of the user's own audio.
+SPOKEN_LIVE_SOURCES = (AGENT_WS, RELAY)
 
 _SPACES = re.compile("[" + "".join(re.escape(c) for c in WHITESPACE) + "]+")
 _SIGHTINGS_KEY = ',"sightings":'
@@ -689,7 +700,7 @@ class _Extractor:
             key = typed_key(conversation_id, normal, occurrence)
         if connection_id is not None:
             user_id = self.state.user_ids.get(connection_id, user_id)  # the init frame's, else the turn's own
-        medium = _TEXT if typed else _AUDIO if source == AGENT_WS else None
+        medium = _TEXT if typed else _AUDIO if source in SPOKEN_LIVE_SOURCES else None
         row = _new_row(
             (
                 seq * ENTRY_SLOTS,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ingest.sources.agent.client import AgentConfig, IngestSummary, run_agent
 from ingest.sources.monitor import MonitorConfig, MonitorReport, run_monitor
 from ingest.sources.reconnect import ReconnectPolicy
+from ingest.sources.relay import RelayConfig, RelayReport, run_relay
 from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
 from ingest.sources.run import LogSettings, Sidecar, Source, run_source, run_sources
 from ingest.sources.webhook.receiver import WebhookConfig, WebhookStats, run_webhook_server
@@ -30,6 +31,8 @@ __all__ = [
     "MonitorConfig",
     "MonitorReport",
     "ReconnectPolicy",
+    "RelayConfig",
+    "RelayReport",
     "Sidecar",
     "Source",
     "WebhookConfig",
@@ -37,6 +40,7 @@ __all__ = [
     "run_agent",
     "run_backfill",
     "run_monitor",
+    "run_relay",
     "run_source",
     "run_sources",
     "run_webhook_server",
