@@ -8,11 +8,9 @@ live projection beside them unless ``--no-project``.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -32,6 +30,8 @@ from cli.options import (
     parse_vars,
 )
 from cli.output import console, progress_bar, reporting_errors, setup_logging
+from cli.secrets import API_KEY_ENV, WEBHOOK_SECRET_ENV, take_secrets
+from cli.writing import write_log, write_log_from
 from ingest.errors import CaptureError, ConfigError
 from ingest.log.segments import DEFAULT_MAX_AGE, RotationPolicy
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy
@@ -42,28 +42,20 @@ from ingest.sources import (
     IngestSummary,
     LogSettings,
     MonitorConfig,
-    Sidecar,
     Source,
     WebhookConfig,
     run_agent,
     run_backfill,
     run_monitor,
-    run_source,
-    run_sources,
     run_webhook_server,
 )
 from ingest.sources.agent.user_input import open_input, read_lines
 from ingest.sources.urls import DEFAULT_BASE_URL, http_base_url, ws_base_url
 from ingest.sources.webhook.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
-from projections.live import live_projection_sidecar
 
 
 __all__ = ["register"]
 
-R = TypeVar("R")
-
-API_KEY_ENV = "ELEVENLABS_API_KEY"
-SECRET_ENV = "ELEVENLABS_WEBHOOK_SECRET"
 NO_AGENT = "no agent id: pass --agent-id or set AGENT_ID"
 DATA_DIR = Path("data")
 
@@ -73,16 +65,6 @@ def _required(value: str | None, message: str) -> str:
     if not value:
         raise ConfigError(message)
     return value
-
-
-def _live_projection(data_dir: Path, db: Path | None, no_project: bool) -> list[Sidecar]:
-    return [] if no_project else [live_projection_sidecar(data_dir, db)]
-
-
-def _write_log(source: Source[R], settings: LogSettings, db: Path | None, no_project: bool) -> R:
-    """Run a standalone command's one source; return its report."""
-    sidecars = _live_projection(settings.data_dir, db, no_project)
-    return asyncio.run(run_source(source, settings, sidecars=sidecars))
 
 
 def _backfill_summary(report: BackfillReport) -> str:
@@ -149,7 +131,7 @@ def register(app: typer.Typer) -> None:
                 "--webhook-port",
                 min=0,
                 max=65535,
-                help=f"Also receive post-call webhooks on this port (secret: {SECRET_ENV}).",
+                help=f"Also receive post-call webhooks on this port (secret: {WEBHOOK_SECRET_ENV}).",
                 show_default=False,
             ),
         ] = None,
@@ -184,7 +166,8 @@ def register(app: typer.Typer) -> None:
         """
         setup_logging(verbose)
         with reporting_errors():
-            api_key = os.environ.get(API_KEY_ENV) or None
+            secrets = take_secrets()
+            api_key = secrets.api_key or None
             agent = _required(agent_id, NO_AGENT) if agent_ws or backfill_follow or monitor else ""
             if not (agent_ws or backfill_follow or monitor or webhook_port is not None):
                 raise ConfigError(
@@ -194,7 +177,8 @@ def register(app: typer.Typer) -> None:
             sources: list[Source[object]] = []
             if webhook_port is not None:
                 secret = _required(
-                    os.environ.get(SECRET_ENV), f"--webhook-port needs the webhook secret: set {SECRET_ENV}"
+                    secrets.webhook_secret,
+                    f"--webhook-port needs the webhook secret: set {WEBHOOK_SECRET_ENV}",
                 )
                 webhook = WebhookConfig(
                     secret=secret, host=webhook_host, port=webhook_port, path=webhook_path
@@ -227,9 +211,9 @@ def register(app: typer.Typer) -> None:
                         writer, config, stop, user_lines=lines, max_conversations=max_conversations
                     )
                 )
-            settings = LogSettings(data_dir, fsync, fsync_interval, rotation)
-            sidecars = _live_projection(data_dir, db, no_project)
-            reports = asyncio.run(run_sources(sources, settings, sidecars=sidecars))
+            reports = write_log_from(
+                sources, LogSettings(data_dir, fsync, fsync_interval, rotation), db, no_project
+            )
         for summary in reports:
             if isinstance(summary, IngestSummary):
                 console.print(
@@ -271,13 +255,15 @@ def register(app: typer.Typer) -> None:
         """
         setup_logging(verbose)
         with reporting_errors():
-            secret = os.environ.get(SECRET_ENV) or ""
+            secret = take_secrets().webhook_secret
             if not secret.strip():
-                raise ConfigError(f"no webhook secret: set {SECRET_ENV} (from the agent's webhook settings)")
+                raise ConfigError(
+                    f"no webhook secret: set {WEBHOOK_SECRET_ENV} (from the agent's webhook settings)"
+                )
             config = WebhookConfig(
                 secret=secret, host=host, port=port, path=path, max_body=parse_size(max_body, "--max-body")
             )
-            stats = _write_log(
+            stats = write_log(
                 lambda writer, stop: run_webhook_server(writer, config, stop),
                 LogSettings(data_dir, fsync, command="capture webhook"),
                 db,
@@ -354,7 +340,7 @@ def register(app: typer.Typer) -> None:
             config = BackfillConfig(
                 agent_id=agent_id or "",
                 base_url=base_url,
-                api_key=os.environ.get(API_KEY_ENV, ""),
+                api_key=take_secrets().api_key,
                 since=parse_moment(since, now, "--since") if since else None,
                 until=parse_moment(until, now, "--until") if until else None,
                 page_size=page_size,
@@ -372,7 +358,7 @@ def register(app: typer.Typer) -> None:
                     description = f"backfill: {report.listed} listed, {report.already_captured} in the log"
                     bar.update(task, description=description, total=report.queued, completed=report.answered)
 
-                report = _write_log(
+                report = write_log(
                     lambda writer, stop: run_backfill(writer, config, stop, show),
                     LogSettings(data_dir, fsync, fsync_interval, command="capture backfill"),
                     db,
@@ -433,7 +419,7 @@ def register(app: typer.Typer) -> None:
             config = MonitorConfig(
                 agent_id=agent_id or "",
                 base_url=base_url,
-                api_key=os.environ.get(API_KEY_ENV, ""),
+                api_key=take_secrets().api_key,
                 poll_interval=poll_interval,
                 lookback=lookback,
                 concurrency=concurrency,
@@ -441,7 +427,7 @@ def register(app: typer.Typer) -> None:
                 max_conversations=max_conversations,
             )
             ws_base_url(base_url)  # a bad URL fails now, not at the first connection
-            report = _write_log(
+            report = write_log(
                 lambda writer, stop: run_monitor(writer, config, stop),
                 LogSettings(data_dir, fsync, fsync_interval, command="capture monitor"),
                 db,

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
 
 
@@ -93,3 +95,12 @@ def user_texts(db: Path) -> list[tuple[str, str, str]]:
         return []  # created, but not its table yet
     finally:
         conn.close()
+
+
+def assert_children_never_saw(proc: subprocess.Popen[str], *secrets: str) -> None:
+    """Check that ``proc`` has children (the live projection) and that none has a secret in its environment."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "no child process (the live projection) to check"
+    for child in children:
+        values = set(child.environ().values())
+        assert not values & set(secrets), f"a secret reached the environment of {child.cmdline()}"

@@ -22,7 +22,7 @@ from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send, sen
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite import iter_rows
 from tests.conftest import listening_port
-from tests.e2e.commands import TIMEOUT, capture, free_port, running
+from tests.e2e.commands import TIMEOUT, assert_children_never_saw, capture, free_port, running
 
 
 KEY = "sk_sources_0123456789"
@@ -199,6 +199,7 @@ def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, f"rows so far: {read_rows(db)}"
                 time.sleep(0.05)
+            assert_children_never_saw(proc, KEY, SECRET)
     rows = read_rows(db)
     kinds = {"audio": "user_transcript", "text": "user_message"}
     said = Counter(

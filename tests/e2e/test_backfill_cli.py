@@ -14,7 +14,16 @@ import pytest
 
 from ingest.log.writer import LogWriter, events_dir
 from ingest.simulator.server import SimulatorThread
-from tests.e2e.commands import TIMEOUT, capture, one_line, running, start, user_texts, wait_until
+from tests.e2e.commands import (
+    TIMEOUT,
+    assert_children_never_saw,
+    capture,
+    one_line,
+    running,
+    start,
+    user_texts,
+    wait_until,
+)
 from tests.ingest.sources.rest.test_backfill import AGENT, KEY, account, finished, rest_lines
 
 
@@ -146,6 +155,7 @@ def test_follow_catches_a_new_conversation_and_projects_it_live(
         assert said
         wait_until(lambda: said <= {(r[0], r[1]) for r in user_texts(db)}, 20, "its rows in user_texts")
         assert process.poll() is None
+        assert_children_never_saw(process, KEY)
     assert Counter(line.conversation_id for line in rest_lines(data_dir)) == Counter(finished(simulator))
     polls = [r for r in simulator.sim.rest_requests if r.kind == "list"]
     assert len(polls) >= 2 and "call_start_after_unix" in polls[-1].path

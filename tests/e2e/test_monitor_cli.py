@@ -13,7 +13,7 @@ import pytest
 from ingest.log.envelope import LogLine
 from ingest.simulator.server import AccountSpec, SimulatorThread
 from tests.conftest import TIMEOUT_FACTOR
-from tests.e2e.commands import capture, one_line, running, user_texts, wait_until
+from tests.e2e.commands import assert_children_never_saw, capture, one_line, running, user_texts, wait_until
 from tests.ingest.sources.rest.test_backfill import AGENT, KEY, backfill_in_process
 from tests.ingest.sources.test_monitor import monitor_lines
 
@@ -121,3 +121,4 @@ def test_monitored_turns_are_in_user_texts_while_it_runs(data_dir: Path) -> None
                 "a monitored row",
             )
             assert proc.poll() is None
+            assert_children_never_saw(proc, KEY)

@@ -16,7 +16,7 @@ from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
 from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send
 from tests.conftest import listening_port
-from tests.e2e.commands import TIMEOUT, running, start, user_texts, wait_until
+from tests.e2e.commands import TIMEOUT, assert_children_never_saw, running, start, user_texts, wait_until
 
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -83,7 +83,10 @@ def test_sigterm_stops_the_command_cleanly(data_dir: Path) -> None:
 
 @POSIX_ONLY
 def test_deliveries_are_in_user_texts_while_it_runs(data_dir: Path) -> None:
-    """The live projection runs beside the receiver: a delivery's user turns become rows at once."""
+    """The live projection runs beside the receiver: a delivery's user turns become rows at once.
+
+    The projection is a child process that never sees the webhook secret.
+    """
     delivery = DeliveryFactory(SECRET).transcription()
     transcript = orjson.loads(delivery.body)["data"]["transcript"]
     said = {(delivery.conversation_id, e["message"]) for e in transcript if e["role"] == "user"}
@@ -93,4 +96,5 @@ def test_deliveries_are_in_user_texts_while_it_runs(data_dir: Path) -> None:
         db = data_dir / "whatsapp_storage.db"
         wait_until(lambda: {(r[0], r[1]) for r in user_texts(db)} >= said, 20, "the delivery's rows")
         assert proc.poll() is None
+        assert_children_never_saw(proc, SECRET)
     assert {r[2] for r in user_texts(db)} == {'["webhook"]'}
