@@ -42,6 +42,15 @@ def start(*args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def terminate(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM ``proc``, check that it exits 0 without a traceback, and return its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return err
+
+
 @contextlib.contextmanager
 def running(*args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
     """Run ``capture *args`` for the body; then SIGTERM it and check it exits 0 without a traceback.
@@ -51,10 +60,7 @@ def running(*args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
     proc = start(*args, **env)
     try:
         yield proc
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
+        terminate(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
