@@ -1,6 +1,6 @@
 """The one writer lifecycle: open the log, run sources and sidecars on it, stop them, close it.
 
-Every command that writes the log (``capture ingest``, ``webhook``,
+Every command that writes the log (``capture ingest``, ``webhook``, ``relay``,
 ``backfill``, ``monitor``) is :func:`run_sources` with its sources; a
 standalone command is :func:`run_source` with one. A source knows nothing of
 the lifecycle: it is a coroutine function ``(writer, stop) -> report`` that
