@@ -1,19 +1,10 @@
-"""The ``capture`` typer application; each module registers its commands."""
+"""The ``capture`` typer application; each module registers its group of commands."""
 
 from __future__ import annotations
 
 import typer
 
-from cli import (
-    backfill_command,
-    demo_command,
-    ingest_command,
-    monitor_command,
-    projection_commands,
-    relay_command,
-    simulate_command,
-    webhook_command,
-)
+from cli import ingest_commands, log_commands, projection_commands, relay_command, simulator_commands
 
 
 app = typer.Typer(
@@ -23,14 +14,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-ingest_command.register(app)
-simulate_command.register(app)
-projection_commands.register(app)
-demo_command.register(app)
-webhook_command.register(app)
-backfill_command.register(app)
-monitor_command.register(app)
+ingest_commands.register(app)
 relay_command.register(app)
+log_commands.register(app)
+projection_commands.register(app)
+simulator_commands.register(app)
 
 
 def main() -> None:

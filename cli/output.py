@@ -10,11 +10,12 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ingest.errors import CaptureError
 
 
-__all__ = ["console", "err_console", "reporting_errors", "setup_logging"]
+__all__ = ["console", "err_console", "progress_bar", "reporting_errors", "setup_logging"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,3 +46,18 @@ def reporting_errors() -> Iterator[None]:
         yield
     except CaptureError as exc:
         raise fail(str(exc), exc.exit_code) from None
+
+
+@contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """Show progress on stderr while the block runs, when stderr is a terminal (else draw nothing)."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as progress:
+        yield progress

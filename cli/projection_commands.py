@@ -5,19 +5,16 @@ from __future__ import annotations
 import csv
 import enum
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.options import DataDir, DbPath
-from cli.output import console, err_console, reporting_errors
+from cli.output import console, err_console, progress_bar, reporting_errors
 from ingest.errors import QueryError
 from projections.duckdb_views import QueryResult, default_duckdb_path, open_analytics, run_query
 from projections.sqlite import ProjectReport, default_db_path, log_last_seq, project, rebuild
@@ -65,20 +62,6 @@ def _print_report(report: ProjectReport, title: str) -> None:
         table.add_row("swap", report.swap)
     table.add_row("time", f"{report.elapsed:.2f} s ({report.lines_per_second:,.0f} lines/s)")
     console.print(table)
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Progress]:
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    ) as progress:
-        yield progress
 
 
 def _cell(value: Any) -> str:
@@ -169,7 +152,7 @@ def register(app: typer.Typer) -> None:
         Lines appended meanwhile are applied by the live projection or `capture project`.
         """
         with reporting_errors():
-            with _progress_bar() as bar:
+            with progress_bar() as bar:
                 task = bar.add_task("rebuilding user_texts", total=log_last_seq(data_dir) or None)
                 report = rebuild(
                     data_dir,

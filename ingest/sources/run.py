@@ -1,79 +1,141 @@
-"""``capture ingest`` as a library call: open the log, run the sources, shut down cleanly."""
+"""The one writer lifecycle: open the log, run sources and sidecars on it, stop them, close it.
+
+Every command that writes the log (``capture ingest``, ``webhook``, ``relay``,
+``backfill``, ``monitor``) is :func:`run_sources` with its sources; a
+standalone command is :func:`run_source` with one. A source knows nothing of
+the lifecycle: it is a coroutine function ``(writer, stop) -> report`` that
+appends to the shared writer on this event loop and returns soon after
+``stop`` is set. Adding a source to a run is adding it to the list.
+
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias, TypeVar
 
 from ingest.errors import LogWriteError
 from ingest.log.segments import RotationPolicy
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy, LogWriter
-from ingest.sources.agent.client import AgentClient, AgentConfig, IngestSummary
-from ingest.sources.reconnect import ReconnectPolicy
 from ingest.sources.signals import stop_on_signals
 
 
-__all__ = ["IngestSettings", "Sidecar", "Source", "ingest"]
+__all__ = ["LogSettings", "Sidecar", "Source", "run_source", "run_sources"]
 
 log = logging.getLogger("capture.ingest")
 
-# Something started once the log is open and stopped before it closes (the live
-# projection, for instance); ``stop`` must return within a few seconds.
-Sidecar = Callable[[LogWriter], Callable[[], None]]
+R = TypeVar("R")
 
-# A source runs on the shared event loop, appends to the shared writer, and
-# returns soon after ``stop`` is set (webhook receiver, backfill, monitor).
-Source = Callable[[LogWriter, asyncio.Event], Coroutine[Any, Any, object]]
+#: Runs on the shared event loop, appends to the shared writer, and returns
+#: its report soon after the event is set (the agent client, the webhook
+#: receiver, the backfill, the monitor).
+Source: TypeAlias = Callable[[LogWriter, asyncio.Event], Awaitable[R]]
+
+#: Started once the log is open, given the writer; returns the function that
+#: stops it, called after the log is closed (so that it sees the whole log)
+#: and expected to return within seconds (the live projection).
+Sidecar: TypeAlias = Callable[[LogWriter], Callable[[], None]]
 
 
-@dataclass
-class IngestSettings:
-    """Everything ``capture ingest`` needs besides the agent config."""
+@dataclass(frozen=True)
+class LogSettings:
+    """How a run opens the log.
+
+    Attributes:
+        data_dir: The folder holding the log (``events/``) and its lock.
+        fsync: When appended lines are forced to stable storage.
+        fsync_interval: Seconds between background fsyncs under ``interval``.
+        rotation: When the active segment rolls.
+        command: The command named in the lock (``capture status``, and the
+            error a second writer gets).
+
+    """
 
     data_dir: Path
     fsync: FsyncPolicy = FsyncPolicy.INTERVAL
     fsync_interval: float = DEFAULT_FSYNC_INTERVAL
     rotation: RotationPolicy = field(default_factory=RotationPolicy)
-    policy: ReconnectPolicy = field(default_factory=ReconnectPolicy.from_env)
-    max_conversations: int | None = None
+    command: str = "capture ingest"
 
 
-async def ingest(
-    agent: AgentConfig | None,
-    settings: IngestSettings,
+async def run_sources(
+    sources: Sequence[Source[object]],
+    settings: LogSettings,
     *,
-    user_lines: AsyncIterator[str] | None = None,
-    sources: Sequence[Source] = (),
     sidecars: Sequence[Sidecar] = (),
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
-) -> IngestSummary:
-    """Capture into ``settings.data_dir`` from the agent WebSocket and any other sources.
+) -> list[object]:
+    """Open the log, run ``sources`` on one writer until the first one ends, then close the log.
 
-    All sources share one :class:`LogWriter` (one lock, one log) on this event
-    loop. When the agent client is done (``max_conversations``, end of
-    input), the other sources are stopped too; without an agent client, the
-    sources run until stopped. SIGTERM and SIGINT close the connection with
-    1000, let the sources finish, fsync the log and release the lock; the
-    function then returns normally.
+    The run ends when a source returns (the agent client after
+    ``max_conversations`` or the end of its input, a one-shot backfill), a
+    source fails, the log fails (a background fsync), ``stop`` is set, or,
+    with ``handle_signals``, on SIGTERM or SIGINT (Ctrl-C; also Ctrl-Break on
+    Windows). Ending means setting ``stop``: every source finishes on its own
+    terms (the agent socket closes with 1000, deliveries in flight get their
+    answer). Then the log is fsynced and closed, the lock released, and the
+    sidecars stopped, last started first.
+
+    Args:
+        sources: What to run; each gets the writer and ``stop``.
+        settings: How to open the log.
+        sidecars: Started once the log is open, in order.
+        stop: Set it to end the run (a fresh event if omitted).
+        handle_signals: Turn SIGTERM and SIGINT into setting ``stop`` for the
+            whole run, opening and closing included; off for a caller that
+            owns the signals.
+
+    Returns:
+        Each source's report, in the order of ``sources``.
 
     Raises:
         LockedError: another writer holds the data dir.
-        AuthError: the server refused the key, agent or an override.
         LogWriteError: the log could not be written.
-        CaptureError: a source failed (the others are stopped first).
+        CaptureError: a source failed (its error, once the others stopped):
+            ``AuthError`` when a server refused the key, ``ConfigError`` for a
+            setting it refused, and so on.
 
     """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    failures: list[LogWriteError] = []
+    if not handle_signals:
+        return await _run(sources, settings, sidecars, stop, loop)
+    with stop_on_signals(loop, stop):
+        return await _run(sources, settings, sidecars, stop, loop)
 
+
+async def run_source(
+    source: Source[R],
+    settings: LogSettings,
+    *,
+    sidecars: Sequence[Sidecar] = (),
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> R:
+    """Run one source as :func:`run_sources` does and return its report."""
+    reports: list[R] = []
+
+    async def keep_report(writer: LogWriter, stop: asyncio.Event) -> None:
+        reports.append(await source(writer, stop))
+
+    await run_sources([keep_report], settings, sidecars=sidecars, stop=stop, handle_signals=handle_signals)
+    return reports[0]
+
+
+async def _run(
+    sources: Sequence[Source[object]],
+    settings: LogSettings,
+    sidecars: Sequence[Sidecar],
+    stop: asyncio.Event,
+    loop: asyncio.AbstractEventLoop,
+) -> list[object]:
     def on_error(error: LogWriteError) -> None:
-        failures.append(error)
+        # From the fsync thread; the writer raises the error again on close.
         loop.call_soon_threadsafe(stop.set)
 
     writer = LogWriter.open(
@@ -81,76 +143,50 @@ async def ingest(
         fsync=settings.fsync,
         fsync_interval=settings.fsync_interval,
         rotation=settings.rotation,
+        command=settings.command,
         on_error=on_error,
     )
-    if writer.recovery.quarantined is not None:
+    recovery = writer.recovery
+    if recovery.quarantined is not None:
         log.warning(
             "recovered the log: %d torn bytes from seq %s moved to %s",
-            writer.recovery.quarantined_bytes,
-            writer.recovery.first_bad_seq,
-            writer.recovery.quarantined,
+            recovery.quarantined_bytes,
+            recovery.first_bad_seq,
+            recovery.quarantined,
         )
     stoppers: list[Callable[[], None]] = []
-    summary = IngestSummary()
     try:
         for start in sidecars:
             stoppers.append(start(writer))
-        client = None
-        if agent is not None:
-            client = AgentClient(
-                agent,
-                writer,
-                policy=settings.policy,
-                user_lines=user_lines,
-                max_conversations=settings.max_conversations,
-                stop=stop,
-            )
-            summary = client.summary
-        if handle_signals:
-            with stop_on_signals(loop, stop):
-                await _run_all(client, writer, sources, stop)
-        else:
-            await _run_all(client, writer, sources, stop)
+        return await _until_first_ends(sources, writer, stop)
     finally:
         try:
             writer.close()
         finally:
             for stop_sidecar in reversed(stoppers):
                 stop_sidecar()
+
+
+async def _until_first_ends(
+    sources: Sequence[Source[object]], writer: LogWriter, stop: asyncio.Event
+) -> list[object]:
+    """Run every source; the first to return or fail sets ``stop``; raise the first failure."""
+    reports: list[object] = [None] * len(sources)
+    failures: list[Exception] = []
+
+    async def run(index: int, source: Source[object]) -> None:
+        try:
+            reports[index] = await source(writer, stop)
+        except Exception as exc:
+            # Not raised into the task group, which would cancel the others:
+            # they are stopped, and end as they do on SIGTERM.
+            failures.append(exc)
+        finally:
+            stop.set()
+
+    async with asyncio.TaskGroup() as group:
+        for index, source in enumerate(sources):
+            group.create_task(run(index, source))
     if failures:
         raise failures[0]
-    return summary
-
-
-async def _run_all(
-    client: AgentClient | None, writer: LogWriter, sources: Sequence[Source], stop: asyncio.Event
-) -> None:
-    """Run the agent client and the sources until done; the first error stops the rest and is raised."""
-    tasks: list[asyncio.Task[object]] = []
-    if client is not None:
-        tasks.append(asyncio.create_task(client.run(), name="agent_ws"))
-    tasks += [
-        asyncio.create_task(source(writer, stop), name=f"source-{i}") for i, source in enumerate(sources)
-    ]
-    if not tasks:
-        return
-    agent_task = tasks[0] if client is not None else None
-    pending = set(tasks)
-    error: BaseException | None = None
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None and error is None:
-                    error = task.exception()
-                    stop.set()
-                elif task is agent_task:
-                    # The agent client finished its work: the other sources stop with it.
-                    stop.set()
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-    if error is not None:
-        raise error
+    return reports

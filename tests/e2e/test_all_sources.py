@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,61 +21,28 @@ from ingest.simulator.server import Scenario, SimulatorThread
 from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send, send_many
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite import iter_rows
-from tests.conftest import TIMEOUT_FACTOR, capture_command, listening_port, subprocess_env
+from tests.conftest import listening_port
+from tests.e2e.commands import TIMEOUT, assert_children_never_saw, capture, free_port, running
 
 
 KEY = "sk_sources_0123456789"
 SECRET = "wsec_sources_0123456789"
 AGENT = "agent_demo"
-TIMEOUT = 60 * TIMEOUT_FACTOR
-
-
-def capture(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [*capture_command(), *args],
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def backfill(sim: SimulatorThread, data_dir: Path, *args: str) -> None:
-    capture(
+    done = capture(
         "backfill", "--agent-id", AGENT, "--base-url", sim.http_url, "--data-dir", str(data_dir), *args,
         ELEVENLABS_API_KEY=KEY,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def running(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """Run ``capture *args`` for the body; then SIGTERM it and check it exits 0.
-
-    If the body fails, the process is killed instead.
-    """
-    proc = subprocess.Popen(
-        [*capture_command(), *args],
-        env=subprocess_env(ELEVENLABS_API_KEY=KEY, ELEVENLABS_WEBHOOK_SECRET=SECRET),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield proc
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert done.returncode == 0, done.stderr
 
 
 def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
     """Run ``capture webhook``, post each body as a signed post_call_transcription, stop it."""
-    with running("webhook", "--port", "0", "--data-dir", str(data_dir)) as proc:
+    with running(
+        "webhook", "--port", "0", "--data-dir", str(data_dir), ELEVENLABS_WEBHOOK_SECRET=SECRET
+    ) as proc:
         port = listening_port(proc, TIMEOUT)
         factory = DeliveryFactory(SECRET, agent_id=AGENT)
         deliveries = [
@@ -91,7 +54,8 @@ def deliver(sim: SimulatorThread, data_dir: Path, bodies: list[bytes]) -> None:
 
 
 def project(data_dir: Path) -> list[tuple[Any, ...]]:
-    capture("project", "--data-dir", str(data_dir))
+    done = capture("project", "--data-dir", str(data_dir))
+    assert done.returncode == 0, done.stderr
     return list(iter_rows(data_dir / "whatsapp_storage.db"))
 
 
@@ -170,12 +134,6 @@ async def post(url: str, delivery: Delivery) -> int:
         return await send(session, url, delivery)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def read_rows(db: Path) -> list[tuple[Any, ...]]:
     try:
         return list(iter_rows(db))
@@ -209,6 +167,7 @@ def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
         with running(
             "ingest", "--agent-id", AGENT, "--base-url", sim.http_url, "--data-dir", str(data_dir),
             "--webhook-port", str(port), "--backfill-follow", "--backfill-interval", "1", "--monitor",
+            ELEVENLABS_API_KEY=KEY, ELEVENLABS_WEBHOOK_SECRET=SECRET,
         ) as proc:  # fmt: skip
             url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
             delivery = DeliveryFactory(SECRET, agent_id=AGENT).transcription(
@@ -232,6 +191,7 @@ def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
                 return (
                     expected <= seen
                     and len(live) == 2
+                    and bool(watched_rows)
                     and all("rest" in r[8] and "monitor" in r[8] for r in watched_rows)
                 )
 
@@ -239,6 +199,7 @@ def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, f"rows so far: {read_rows(db)}"
                 time.sleep(0.05)
+            assert_children_never_saw(proc, KEY, SECRET)
     rows = read_rows(db)
     kinds = {"audio": "user_transcript", "text": "user_message"}
     said = Counter(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,49 +17,25 @@ from ingest.log.reader import iter_log
 from ingest.log.status import log_status
 from ingest.log.writer import events_dir
 from ingest.simulator.server import Scenario, SimulatorThread
-from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
+from tests.e2e.commands import capture, start, terminate, wait_until
 
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def start_ingest(data_dir: Path, url: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *capture_command(),
-            "ingest",
-            "--agent-id",
-            "agent_demo",
-            "--base-url",
-            url,
-            "--data-dir",
-            str(data_dir),
-            "--no-project",
-            *args,
-        ],
-        env=subprocess_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_capture(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*capture_command(), *args],
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60 * TIMEOUT_FACTOR,
-    )
+def ingest_args(data_dir: Path, url: str, *args: str) -> list[str]:
+    """``capture ingest`` with the demo agent of the simulator at ``url``, without the live projection."""
+    return [
+        "ingest",
+        "--agent-id",
+        "agent_demo",
+        "--base-url",
+        url,
+        "--data-dir",
+        str(data_dir),
+        "--no-project",
+        *args,
+    ]
 
 
 def log_lines(data_dir: Path) -> int:
@@ -76,31 +51,26 @@ def sim_wait() -> Iterator[SimulatorThread]:
 @POSIX_ONLY
 def test_sigterm_closes_1000_and_releases_the_lock(data_dir: Path, sim_wait: SimulatorThread) -> None:
     """SIGTERM closes the connection with 1000, fsyncs, releases the lock and exits 0 within seconds."""
-    proc = start_ingest(data_dir, sim_wait.http_url)
+    proc = start(*ingest_args(data_dir, sim_wait.http_url))
     try:
         wait_until(lambda: log_lines(data_dir) >= 5, 15, "frames in the log")
         assert probe_lock(data_dir) is not None
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=10 * TIMEOUT_FACTOR)
+        stderr = terminate(proc)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
     sim_wait.wait_for(lambda s: s.connections[0].close_code is not None, 5)
     assert sim_wait.sim.connections[0].close_code == 1000
     assert probe_lock(data_dir) is None
     assert "conversation conv_" in stderr  # the one process-log line of the connection
-    assert "Traceback" not in stderr
 
 
 def test_second_ingest_on_the_same_data_dir_exits_at_once(data_dir: Path, sim_wait: SimulatorThread) -> None:
     """A second ingest on a locked data dir exits non-zero at once with one line naming the holder."""
-    first = start_ingest(data_dir, sim_wait.http_url)
+    first = start(*ingest_args(data_dir, sim_wait.http_url))
     try:
         wait_until(lambda: probe_lock(data_dir) is not None, 15, "the first ingest's lock")
         started = time.monotonic()
-        second = run_capture(
-            "ingest", "--agent-id", "agent_demo", "--base-url", sim_wait.http_url, "--data-dir", str(data_dir)
-        )
+        second = capture(*ingest_args(data_dir, sim_wait.http_url))
         assert time.monotonic() - started < 10
         assert second.returncode == 1
         assert f"pid {first.pid}" in second.stderr
@@ -113,7 +83,7 @@ def test_second_ingest_on_the_same_data_dir_exits_at_once(data_dir: Path, sim_wa
 def test_refused_key_exits_2_with_one_line(data_dir: Path) -> None:
     """A wrong API key is one line on stderr saying what to fix, exit code 2, and the key is not shown."""
     with SimulatorThread(api_key="the-right-key") as thread:
-        result = run_capture(
+        result = capture(
             "ingest",
             "--agent-id",
             "agent_demo",
@@ -132,11 +102,11 @@ def test_refused_key_exits_2_with_one_line(data_dir: Path) -> None:
 
 def test_bad_flags_are_one_line_and_exit_2(data_dir: Path) -> None:
     """A missing agent id, a bad base URL or a bad size are one line and exit 2."""
-    missing = run_capture("ingest", "--data-dir", str(data_dir))
+    missing = capture("ingest", "--data-dir", str(data_dir))
     assert missing.returncode == 2 and "AGENT_ID" in missing.stderr
-    bad_url = run_capture("ingest", "--agent-id", "a", "--base-url", "ftp://x", "--data-dir", str(data_dir))
+    bad_url = capture("ingest", "--agent-id", "a", "--base-url", "ftp://x", "--data-dir", str(data_dir))
     assert bad_url.returncode == 2 and "--base-url" in bad_url.stderr
-    bad_size = run_capture("ingest", "--agent-id", "a", "--segment-size", "lots", "--data-dir", str(data_dir))
+    bad_size = capture("ingest", "--agent-id", "a", "--segment-size", "lots", "--data-dir", str(data_dir))
     assert bad_size.returncode == 2 and "--segment-size" in bad_size.stderr
     for result in (missing, bad_url, bad_size):
         assert "Traceback" not in result.stderr
@@ -149,7 +119,7 @@ def test_kill_9_during_a_flood_leaves_a_gap_free_prefix(data_dir: Path) -> None:
         name="flood", fault=None, flood=400_000, first_message=None, user_turns=[], extra_events=False
     )
     with SimulatorThread(script=[flood], default=Scenario(user_turns=["after the crash"])) as thread:
-        proc = start_ingest(data_dir, thread.http_url, "--fsync", "never")
+        proc = start(*ingest_args(data_dir, thread.http_url, "--fsync", "never"))
         try:
             wait_until(lambda: log_lines(data_dir) >= 20_000, 30, "the flood to be in the log")
             proc.send_signal(signal.SIGKILL)
@@ -163,18 +133,7 @@ def test_kill_9_during_a_flood_leaves_a_gap_free_prefix(data_dir: Path) -> None:
         assert ids == list(range(1, len(ids) + 1)), "not a gap-free prefix of what the server sent"
         assert len(ids) >= 19_000
         # The next start recovers cleanly and continues the seq.
-        result = run_capture(
-            "ingest",
-            "--agent-id",
-            "agent_demo",
-            "--base-url",
-            thread.http_url,
-            "--data-dir",
-            str(data_dir),
-            "--no-project",
-            "--max-conversations",
-            "1",
-        )
+        result = capture(*ingest_args(data_dir, thread.http_url, "--max-conversations", "1"))
     assert result.returncode == 0, result.stderr
     after = list(iter_log(events_dir(data_dir)))
     assert [line.seq for line in after] == list(range(1, len(after) + 1))
@@ -189,20 +148,9 @@ def test_kill_9_during_a_flood_leaves_a_gap_free_prefix(data_dir: Path) -> None:
 def test_status_reports_the_log(data_dir: Path) -> None:
     """``capture status --json`` reports segments, lines, last seq and that no ingest runs."""
     with SimulatorThread() as thread:
-        done = run_capture(
-            "ingest",
-            "--agent-id",
-            "agent_demo",
-            "--base-url",
-            thread.http_url,
-            "--data-dir",
-            str(data_dir),
-            "--no-project",
-            "--max-conversations",
-            "1",
-        )
+        done = capture(*ingest_args(data_dir, thread.http_url, "--max-conversations", "1"))
     assert done.returncode == 0, done.stderr
-    result = run_capture("status", "--data-dir", str(data_dir), "--json")
+    result = capture("status", "--data-dir", str(data_dir), "--json")
     assert result.returncode == 0, result.stderr
     status = orjson.loads(result.stdout)
     assert status["segments"] == 1
@@ -214,19 +162,8 @@ def test_status_reports_the_log(data_dir: Path) -> None:
 def test_rotation_by_size_through_the_cli(data_dir: Path) -> None:
     """--segment-size rolls segments; names sort in log order and seq runs across them."""
     with SimulatorThread(default=Scenario(user_turns=["one", "two", "three"])) as thread:
-        result = run_capture(
-            "ingest",
-            "--agent-id",
-            "agent_demo",
-            "--base-url",
-            thread.http_url,
-            "--data-dir",
-            str(data_dir),
-            "--no-project",
-            "--max-conversations",
-            "2",
-            "--segment-size",
-            "1KiB",
+        result = capture(
+            *ingest_args(data_dir, thread.http_url, "--max-conversations", "2", "--segment-size", "1KiB")
         )
     assert result.returncode == 0, result.stderr
     segments = sorted(p.name for p in events_dir(data_dir).glob("*.jsonl"))

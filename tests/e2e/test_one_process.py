@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -18,13 +15,8 @@ from ingest.log.writer import events_dir
 from ingest.simulator.account import AccountSpec
 from ingest.simulator.server import Scenario, SimulatorThread
 from ingest.simulator.webhook_sender import DeliveryFactory, send_many
-from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import TIMEOUT_FACTOR
+from tests.e2e.commands import capture, free_port, start, terminate
 
 
 def sources_in_log(data_dir: Path) -> Counter[str]:
@@ -40,27 +32,22 @@ def test_all_sources_share_one_writer(data_dir: Path) -> None:
     with SimulatorThread(
         api_key=key, account=account, default=Scenario(end="wait"), ping_interval=0.1
     ) as sim:
-        proc = subprocess.Popen(
-            [
-                *capture_command(),
-                "ingest",
-                "--agent-id",
-                "agent_demo",
-                "--base-url",
-                sim.http_url,
-                "--data-dir",
-                str(data_dir),
-                "--webhook-port",
-                str(port),
-                "--backfill-follow",
-                "--backfill-interval",
-                "1",
-                "--monitor",
-            ],
-            env=subprocess_env(ELEVENLABS_API_KEY=key, ELEVENLABS_WEBHOOK_SECRET=secret),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = start(
+            "ingest",
+            "--agent-id",
+            "agent_demo",
+            "--base-url",
+            sim.http_url,
+            "--data-dir",
+            str(data_dir),
+            "--webhook-port",
+            str(port),
+            "--backfill-follow",
+            "--backfill-interval",
+            "1",
+            "--monitor",
+            ELEVENLABS_API_KEY=key,
+            ELEVENLABS_WEBHOOK_SECRET=secret,
         )
         try:
             url = f"http://127.0.0.1:{port}/webhooks/elevenlabs"
@@ -80,12 +67,9 @@ def test_all_sources_share_one_writer(data_dir: Path) -> None:
                 assert proc.poll() is None, proc.communicate()
                 time.sleep(0.05)
             assert probe_lock(data_dir) is not None
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=15 * TIMEOUT_FACTOR)
+            stderr = terminate(proc)
         finally:
             proc.kill()
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr
     assert probe_lock(data_dir) is None
     assert key not in stderr
     lines = list(iter_log(events_dir(data_dir)))
@@ -94,3 +78,18 @@ def test_all_sources_share_one_writer(data_dir: Path) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert key.encode() not in data and secret.encode() not in data
+
+
+def test_the_other_sources_stop_when_the_agent_client_is_done(data_dir: Path) -> None:
+    """After --max-conversations the webhook receiver stops with the agent client: ingest exits 0 on its own."""
+    port = free_port()
+    with SimulatorThread() as sim:
+        done = capture(
+            "ingest", "--agent-id", "agent_demo", "--base-url", sim.http_url, "--data-dir", str(data_dir),
+            "--max-conversations", "1", "--webhook-port", str(port), "--no-project",
+            ELEVENLABS_WEBHOOK_SECRET="whsec_one_process",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 conversations" in done.stdout
+    assert f"listening on http://127.0.0.1:{port}/" in done.stderr  # it did run beside the agent client
+    assert probe_lock(data_dir) is None

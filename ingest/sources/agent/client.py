@@ -45,7 +45,7 @@ from ingest.sources.reconnect import Backoff, Ended, ReconnectPolicy, Verdict, c
 from ingest.sources.urls import initiation_frame, public_ws_url, signed_url_endpoint
 
 
-__all__ = ["CAPTURE_SOURCE", "SOURCE", "AgentClient", "AgentConfig", "IngestSummary"]
+__all__ = ["CAPTURE_SOURCE", "SOURCE", "AgentClient", "AgentConfig", "IngestSummary", "run_agent"]
 
 log = logging.getLogger("capture.ingest")
 
@@ -97,6 +97,39 @@ class IngestSummary:
     audio_skipped: int = 0
     pongs_sent: int = 0
     user_messages_sent: int = 0
+
+
+async def run_agent(
+    writer: LogWriter,
+    config: AgentConfig,
+    stop: asyncio.Event,
+    *,
+    policy: ReconnectPolicy | None = None,
+    user_lines: AsyncIterator[str] | None = None,
+    max_conversations: int | None = None,
+) -> IngestSummary:
+    """Hold conversations with the agent into ``writer``'s log until stopped or done.
+
+    A source for :func:`ingest.sources.run.run_sources`: it returns after
+    ``max_conversations``, at the end of ``user_lines``, or soon after
+    ``stop`` is set (the connection closed with 1000). See :class:`AgentClient`
+    for the arguments.
+
+    Raises:
+        AuthError: the server refused the key, the agent or an override.
+        ConfigError: the base URL is not usable.
+        LogWriteError: the log could not be written; nothing is retried.
+
+    """
+    client = AgentClient(
+        config,
+        writer,
+        policy=policy,
+        user_lines=user_lines,
+        max_conversations=max_conversations,
+        stop=stop,
+    )
+    return await client.run()
 
 
 @dataclass

@@ -49,16 +49,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
 from ingest.errors import ConfigError, LogWriteError
 from ingest.log.envelope import Origin
 from ingest.log.frames import Frame, inspect_frame
-from ingest.log.segments import RotationPolicy
-from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy, LogWriter
-from ingest.sources.signals import stop_on_signals
+from ingest.log.writer import FsyncPolicy, LogWriter
 from ingest.sources.webhook.body import DeliveryBody, DeliveryInfo, delivery_info
 from ingest.sources.webhook.signature import (
     MAX_AGE,
@@ -83,7 +80,6 @@ __all__ = [
     "WebhookReceiver",
     "WebhookStats",
     "run_webhook_server",
-    "serve_webhooks",
 ]
 
 log = logging.getLogger("capture.webhook")
@@ -436,63 +432,3 @@ async def run_webhook_server(
     if receiver.failure is not None:
         raise receiver.failure
     return receiver.stats
-
-
-async def serve_webhooks(
-    config: WebhookConfig,
-    data_dir: Path,
-    *,
-    fsync: FsyncPolicy = FsyncPolicy.INTERVAL,
-    fsync_interval: float = DEFAULT_FSYNC_INTERVAL,
-    rotation: RotationPolicy | None = None,
-    stop: asyncio.Event | None = None,
-    handle_signals: bool = True,
-    on_ready: Callable[[int], None] | None = None,
-) -> WebhookStats:
-    """``capture webhook`` as a library call: lock the data dir, receive until stopped, close.
-
-    SIGTERM and SIGINT (when ``handle_signals``) stop accepting, let
-    deliveries in flight finish, fsync the log and release the lock; the
-    function then returns normally.
-
-    Raises:
-        LockedError: another writer (``capture ingest``, another receiver)
-            holds the data dir.
-        ConfigError: the address cannot be listened on.
-        LogWriteError: the log could not be written.
-
-    """
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    failures: list[LogWriteError] = []
-
-    def on_error(error: LogWriteError) -> None:
-        failures.append(error)
-        loop.call_soon_threadsafe(stop.set)
-
-    writer = LogWriter.open(
-        data_dir,
-        fsync=fsync,
-        fsync_interval=fsync_interval,
-        rotation=rotation,
-        command="capture webhook",
-        on_error=on_error,
-    )
-    if writer.recovery.quarantined is not None:
-        log.warning(
-            "recovered the log: %d torn bytes from seq %s moved to %s",
-            writer.recovery.quarantined_bytes,
-            writer.recovery.first_bad_seq,
-            writer.recovery.quarantined,
-        )
-    try:
-        if handle_signals:
-            with stop_on_signals(loop, stop):
-                stats = await run_webhook_server(writer, config, stop, on_ready=on_ready)
-        else:
-            stats = await run_webhook_server(writer, config, stop, on_ready=on_ready)
-    finally:
-        writer.close()
-    if failures:
-        raise failures[0]
-    return stats

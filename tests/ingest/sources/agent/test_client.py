@@ -16,9 +16,7 @@ from ingest.log.envelope import LogLine
 from ingest.log.reader import iter_log
 from ingest.log.writer import events_dir
 from ingest.simulator.server import Scenario, Simulator
-from ingest.sources.agent.client import AgentConfig, IngestSummary
-from ingest.sources.reconnect import ReconnectPolicy
-from ingest.sources.run import IngestSettings, ingest
+from ingest.sources import AgentConfig, IngestSummary, LogSettings, ReconnectPolicy, run_agent, run_source
 from tests.conftest import TIMEOUT_FACTOR
 
 
@@ -49,16 +47,17 @@ async def capture(
     **config: Any,
 ) -> IngestSummary:
     agent = AgentConfig(agent_id=config.pop("agent_id", "agent_demo"), base_url=sim_url, **config)
-    settings = IngestSettings(data_dir=data_dir, policy=policy, max_conversations=max_conversations)
 
     async def feed(items: list[str]) -> AsyncIterator[str]:
         for item in items:
             yield item + "\n"
 
-    return await ingest(
-        agent,
-        settings,
-        user_lines=feed(lines) if lines is not None else None,
+    user_lines = feed(lines) if lines is not None else None
+    return await run_source(
+        lambda writer, stop: run_agent(
+            writer, agent, stop, policy=policy, user_lines=user_lines, max_conversations=max_conversations
+        ),
+        LogSettings(data_dir),
         stop=stop,
         handle_signals=False,
     )

@@ -9,8 +9,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cli.backfill_command import parse_moment
-from ingest.errors import ConfigError
 from ingest.log.envelope import Origin, decode_line, encode_line
 from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter, events_dir
@@ -154,18 +152,6 @@ def test_scan_captured_reads_from_where_it_stopped(tmp_path: Path) -> None:
         first.conversation_ids.discard("conv_1")  # a rescan from seq 2 must not find it again
         again = scan_captured(events_dir(tmp_path), first)
     assert again is first and (again.conversation_ids, again.last_seq) == ({"conv_2"}, 4)
-
-
-def test_parse_moment() -> None:
-    now = 1_800_000_000.0
-    assert parse_moment("1767225600", now) == 1767225600
-    assert parse_moment("2026-01-01", now) == 1767225600
-    assert parse_moment("2026-01-01T01:00:00+01:00", now) == 1767225600
-    assert parse_moment("2026-01-01T00:00:00Z", now) == 1767225600
-    assert parse_moment("7d", now) == now - 7 * 86400
-    assert parse_moment("90m", now) == now - 5400
-    with pytest.raises(ConfigError, match="--until"):
-        parse_moment("yesterday", now, "--until")
 
 
 def test_sim_account_pages_are_stable_and_filtered() -> None:

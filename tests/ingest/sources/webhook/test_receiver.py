@@ -1,12 +1,9 @@
-"""The webhook receiver on loopback: real aiohttp server and client, real log, real processes."""
+"""The webhook receiver on loopback: real aiohttp server and client, real log."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -36,25 +33,11 @@ from ingest.simulator.webhook_sender import (
 )
 from ingest.sources.webhook.receiver import GroupCommit, WebhookConfig, WebhookStats, run_webhook_server
 from ingest.sources.webhook.signature import SIGNATURE_HEADER, sign
-from tests.conftest import TIMEOUT_FACTOR, listening_port, subprocess_env
+from tests.conftest import TIMEOUT_FACTOR
 
-
-POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 SECRET = "wsec_test_0123456789abcdef"
 TIMEOUT = 10 * TIMEOUT_FACTOR
-
-# The standalone command, registered on a bare typer app as cli/app.py will.
-WEBHOOK_APP = (
-    "import typer\n"
-    "from cli.webhook_command import register\n"
-    "app = typer.Typer()\n"
-    "@app.callback()\n"
-    "def main() -> None:\n"
-    "    pass\n"
-    "register(app)\n"
-    "app()\n"
-)
 
 
 @dataclass
@@ -479,69 +462,3 @@ def test_config_refuses_an_empty_secret_and_hides_the_secret() -> None:
     with pytest.raises(ConfigError):
         WebhookConfig(secret=SECRET, path="no-slash")
     assert SECRET not in repr(WebhookConfig(secret=SECRET))
-
-
-# -- the standalone command ---------------------------------------------------------------------------
-
-
-def start_webhook(data_dir: Path, *args: str, secret: str | None = SECRET) -> subprocess.Popen[str]:
-    env = subprocess_env()
-    env.pop("ELEVENLABS_WEBHOOK_SECRET", None)
-    if secret is not None:
-        env["ELEVENLABS_WEBHOOK_SECRET"] = secret
-    return subprocess.Popen(
-        [sys.executable, "-c", WEBHOOK_APP, "webhook", "--port", "0", "--data-dir", str(data_dir), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def test_missing_secret_is_a_config_error(data_dir: Path) -> None:
-    """Without ELEVENLABS_WEBHOOK_SECRET: one line naming it, exit 2."""
-    proc = start_webhook(data_dir, secret=None)
-    out, err = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
-    assert proc.returncode == 2
-    assert "ELEVENLABS_WEBHOOK_SECRET" in err
-    assert len(err.strip().splitlines()) == 1
-
-
-def test_a_running_writer_makes_the_command_exit_at_once(data_dir: Path) -> None:
-    """While another writer holds the data dir, capture webhook exits 1 with the lock message."""
-    with LogWriter.open(data_dir, command="capture ingest"):
-        started = time.monotonic()
-        proc = start_webhook(data_dir)
-        out, err = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
-        assert proc.returncode == 1
-        assert "another capture ingest" in err
-        assert "listening" not in err
-        assert time.monotonic() - started < 15 * TIMEOUT_FACTOR
-    assert SECRET not in out + err
-
-
-@POSIX_ONLY
-def test_sigterm_stops_the_command_cleanly(data_dir: Path) -> None:
-    """A stored delivery, then SIGTERM: exit 0, the line on disk, the lock released, no secret printed."""
-    proc = start_webhook(data_dir)
-    try:
-        port = listening_port(proc, 30 * TIMEOUT_FACTOR)
-        delivery = factory().transcription()
-
-        async def post() -> int:
-            async with aiohttp.ClientSession() as session:
-                return await send(session, f"http://127.0.0.1:{port}/webhooks/elevenlabs", delivery)
-
-        assert asyncio.run(post()) == 200
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert "1 deliveries stored" in out
-    assert SECRET not in out + err
-    assert [line.frame for line in lines(data_dir)] == [delivery.body]
-    with LogWriter.open(data_dir, command="test"):
-        pass  # the lock was released

@@ -1,20 +1,30 @@
-"""``capture simulate``: the local fake Agents server, for trying capture without credentials."""
+"""``capture simulate`` and ``capture demo``: the local fake ElevenLabs, for trying capture without credentials."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import aiohttp
 import orjson
 import typer
+from rich.table import Table
 
+from cli.options import DataDir
 from cli.output import console, reporting_errors
 from ingest.errors import CaptureError, ConfigError
 from ingest.simulator.account import AccountSpec
 from ingest.simulator.server import SCENARIOS, Scenario, Simulator, scenario_from_name
 from ingest.simulator.webhook_sender import DeliveryFactory, Signing, send_many
+from ingest.sources import AgentConfig, LogSettings, run_agent, run_source
 from ingest.sources.signals import stop_on_signals
+from projections import project
+from projections.sqlite import default_db_path
 
 
 __all__ = ["register", "scenarios_from_names"]
@@ -69,8 +79,64 @@ async def _serve(sim: Simulator, webhook_url: str | None, webhook_secret: str | 
             await stop.wait()
 
 
+@dataclass(frozen=True)
+class _Conversation:
+    user_id: str
+    spoken: list[str]
+    typed: list[str]
+
+
+_DEMO_SCRIPT = [
+    _Conversation(
+        "demo-ana",
+        ["Hi, I was charged twice for my subscription.", "The second charge was on the third."],
+        ["Can you refund the duplicate?"],
+    ),
+    _Conversation(
+        "demo-joão",
+        ["Olá, quero mudar o meu plano.", "Para o plano anual, por favor."],
+        ["Obrigado! 🙏"],
+    ),
+    _Conversation(
+        "demo-kim",
+        ["Where is my order?"],
+        ["Order number 48213", "Thanks, that's all."],
+    ),
+]
+
+
+async def _typed(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+    # Keep the input open: the simulator ends the conversation after its script.
+    await asyncio.Event().wait()
+
+
+async def _hold_one(data_dir: Path, agent: AgentConfig, typed: list[str]) -> None:
+    lines = _typed(typed)
+    await run_source(
+        lambda writer, stop: run_agent(writer, agent, stop, user_lines=lines, max_conversations=1),
+        LogSettings(data_dir),
+        handle_signals=False,
+    )
+
+
+async def _run_demo(data_dir: Path, conversations: int) -> list[str]:
+    plan = [_DEMO_SCRIPT[i % len(_DEMO_SCRIPT)] for i in range(conversations)]
+    script = [Scenario(name="demo", user_turns=c.spoken, end="close", linger=0.3) for c in plan]
+    conversation_ids: list[str] = []
+    async with Simulator(script=script, ping_interval=0.2) as sim:
+        for conversation in plan:
+            agent = AgentConfig(agent_id="agent_demo", base_url=sim.http_url, user_id=conversation.user_id)
+            await _hold_one(data_dir, agent, conversation.typed)
+            conversation_id = sim.connections[-1].conversation_id
+            if conversation_id:
+                conversation_ids.append(conversation_id)
+    return conversation_ids
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``simulate`` to ``app``."""
+    """Add ``simulate`` and ``demo`` to ``app``."""
 
     @app.command("simulate")
     def simulate_command(
@@ -173,3 +239,39 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc}; try --port 0"
                 ) from exc
+
+    @app.command("demo")
+    def demo_command(
+        data_dir: DataDir = Path("data"),
+        conversations: Annotated[
+            int, typer.Option("--conversations", min=1, max=50, help="How many conversations to hold.")
+        ] = 3,
+    ) -> None:
+        """Start the simulator, capture a few conversations into the data dir, and show what was captured."""
+        logging.getLogger().setLevel(logging.WARNING)
+        with reporting_errors():
+            console.print(
+                f"capturing {conversations} conversations from the local simulator into {data_dir} …"
+            )
+            conversation_ids = asyncio.run(_run_demo(data_dir, conversations))
+            db_path = default_db_path(data_dir)
+            report = project(data_dir, db_path)
+        marks = ",".join("?" * len(conversation_ids))
+        with sqlite3.connect(db_path) as db:
+            rows = db.execute(
+                f"SELECT session_id, user_id, kind, text FROM user_texts WHERE session_id IN ({marks}) ORDER BY seq",
+                conversation_ids,
+            ).fetchall()
+        db.close()
+        table = Table(title="what your users said (SQLite user_texts)")
+        for column in ("conversation", "user", "kind", "text"):
+            table.add_column(column)
+        for session_id, user_id, kind, text in rows:
+            table.add_row(session_id, user_id, kind, text)
+        console.print(table)
+        console.print(
+            f"log: {data_dir / 'events'}   table: {db_path} ({report.rows_written} new rows)\n"
+            f"next: capture status --data-dir {data_dir}\n"
+            f'      capture sql --data-dir {data_dir} "SELECT * FROM conversations"',
+            highlight=False,
+        )

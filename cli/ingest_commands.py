@@ -1,0 +1,440 @@
+"""``capture ingest``, ``webhook``, ``backfill`` and ``monitor``: the commands that write the log.
+
+Each builds its sources from flags and the environment and runs them with
+:func:`ingest.sources.run_sources` (a standalone command: one source), the
+live projection beside them unless ``--no-project``.
+
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import (
+    AgentId,
+    BaseUrl,
+    DataDir,
+    DbPath,
+    Fsync,
+    FsyncInterval,
+    NoProject,
+    SegmentAge,
+    SegmentSize,
+    Verbose,
+    parse_moment,
+    parse_size,
+    parse_vars,
+)
+from cli.output import console, progress_bar, reporting_errors, setup_logging
+from cli.secrets import API_KEY_ENV, WEBHOOK_SECRET_ENV, take_secrets
+from cli.writing import write_log, write_log_from
+from ingest.errors import CaptureError, ConfigError
+from ingest.log.segments import DEFAULT_MAX_AGE, RotationPolicy
+from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy
+from ingest.sources import (
+    AgentConfig,
+    BackfillConfig,
+    BackfillReport,
+    IngestSummary,
+    LogSettings,
+    MonitorConfig,
+    Source,
+    WebhookConfig,
+    run_agent,
+    run_backfill,
+    run_monitor,
+    run_webhook_server,
+)
+from ingest.sources.agent.user_input import open_input, read_lines
+from ingest.sources.urls import DEFAULT_BASE_URL, http_base_url, ws_base_url
+from ingest.sources.webhook.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
+
+
+__all__ = ["register"]
+
+NO_AGENT = "no agent id: pass --agent-id or set AGENT_ID"
+DATA_DIR = Path("data")
+
+
+def _required(value: str | None, message: str) -> str:
+    """Return ``value``, or raise :class:`ConfigError` with ``message`` when it is missing or empty."""
+    if not value:
+        raise ConfigError(message)
+    return value
+
+
+def _backfill_summary(report: BackfillReport) -> str:
+    text = (
+        f"{report.listed} conversations listed, {report.logged} logged "
+        f"({report.done} done, {report.failed} failed), {report.already_captured} already in the log"
+    )
+    if report.unfinished:
+        text += f", {report.unfinished} not finished yet (the next run picks them up)"
+    if report.missing:
+        text += f", {report.missing} gone"
+    if report.errors:
+        text += f", {report.errors} could not be fetched"
+    return text + f"; {report.requests} requests, {report.throttled} throttled"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ingest``, ``webhook``, ``backfill`` and ``monitor`` to ``app``."""
+
+    @app.command("ingest")
+    def ingest_command(
+        agent_id: AgentId = None,
+        base_url: BaseUrl = DEFAULT_BASE_URL,
+        data_dir: DataDir = DATA_DIR,
+        audio: Annotated[
+            bool, typer.Option("--audio", help="Do not ask for a text-only conversation.")
+        ] = False,
+        user_id: Annotated[
+            str | None, typer.Option("--user-id", help="user_id sent when each conversation starts.")
+        ] = None,
+        var: Annotated[
+            list[str] | None,
+            typer.Option("--var", help="Dynamic variable name=value (repeatable); sent as strings."),
+        ] = None,
+        input_spec: Annotated[
+            str | None,
+            typer.Option(
+                "--input",
+                metavar="FILE|-",
+                help="Typed user text: each line is logged, then sent as a user_message. "
+                "When it ends, the conversation ends and ingest stops.",
+            ),
+        ] = None,
+        max_conversations: Annotated[
+            int | None,
+            typer.Option("--max-conversations", min=1, help="Stop after this many conversations."),
+        ] = None,
+        fsync: Fsync = FsyncPolicy.INTERVAL,
+        fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
+        segment_size: SegmentSize = "64MiB",
+        segment_age: SegmentAge = DEFAULT_MAX_AGE,
+        no_project: NoProject = False,
+        db: DbPath = None,
+        agent_ws: Annotated[
+            bool,
+            typer.Option(
+                "--agent-ws/--no-agent-ws",
+                help="Hold conversations on the agent WebSocket. Turn off to run only the other sources.",
+            ),
+        ] = True,
+        webhook_port: Annotated[
+            int | None,
+            typer.Option(
+                "--webhook-port",
+                min=0,
+                max=65535,
+                help=f"Also receive post-call webhooks on this port (secret: {WEBHOOK_SECRET_ENV}).",
+                show_default=False,
+            ),
+        ] = None,
+        webhook_host: Annotated[
+            str, typer.Option("--webhook-host", help="Interface the webhook receiver listens on.")
+        ] = "127.0.0.1",
+        webhook_path: Annotated[
+            str, typer.Option("--webhook-path", help="URL path of the webhook receiver.")
+        ] = DEFAULT_PATH,
+        backfill_follow: Annotated[
+            bool,
+            typer.Option(
+                "--backfill-follow",
+                help="Also poll the Conversations REST API for finished conversations (needs the API key).",
+            ),
+        ] = False,
+        backfill_interval: Annotated[
+            float, typer.Option("--backfill-interval", min=1.0, help="Seconds between REST polls.")
+        ] = 60.0,
+        monitor: Annotated[
+            bool,
+            typer.Option(
+                "--monitor", help="Also attach to the agent's live conversations (enterprise monitor socket)."
+            ),
+        ] = False,
+        verbose: Verbose = False,
+    ) -> None:
+        """Hold conversations with an agent and append every frame (audio excepted) to the log.
+
+        Reads ELEVENLABS_API_KEY from the environment (never from a flag): with a key each
+        connection uses a fresh signed URL, without one the agent must be public.
+        """
+        setup_logging(verbose)
+        with reporting_errors():
+            secrets = take_secrets()
+            api_key = secrets.api_key or None
+            agent = _required(agent_id, NO_AGENT) if agent_ws or backfill_follow or monitor else ""
+            if not (agent_ws or backfill_follow or monitor or webhook_port is not None):
+                raise ConfigError(
+                    "nothing to capture: --no-agent-ws needs --webhook-port, --backfill-follow or --monitor"
+                )
+            ws_base_url(base_url)  # a bad URL fails now, not at the first connection
+            sources: list[Source[object]] = []
+            if webhook_port is not None:
+                secret = _required(
+                    secrets.webhook_secret,
+                    f"--webhook-port needs the webhook secret: set {WEBHOOK_SECRET_ENV}",
+                )
+                webhook = WebhookConfig(
+                    secret=secret, host=webhook_host, port=webhook_port, path=webhook_path
+                )
+                sources.append(lambda writer, stop: run_webhook_server(writer, webhook, stop))
+            key = ""
+            if backfill_follow or monitor:
+                key = _required(
+                    api_key, f"--backfill-follow and --monitor need an API key: set {API_KEY_ENV}"
+                )
+            if backfill_follow:
+                rest = BackfillConfig(agent, base_url, key, follow=True, interval=backfill_interval)
+                sources.append(lambda writer, stop: run_backfill(writer, rest, stop))
+            if monitor:
+                live = MonitorConfig(agent, base_url, key)
+                sources.append(lambda writer, stop: run_monitor(writer, live, stop))
+            rotation = RotationPolicy(max_bytes=parse_size(segment_size), max_age=segment_age)
+            if agent_ws:
+                config = AgentConfig(
+                    agent_id=agent,
+                    base_url=base_url,
+                    api_key=api_key,
+                    text_only=not audio,
+                    user_id=user_id,
+                    dynamic_variables=parse_vars(var or []),
+                )
+                lines = read_lines(open_input(input_spec)) if input_spec else None
+                sources.append(
+                    lambda writer, stop: run_agent(
+                        writer, config, stop, user_lines=lines, max_conversations=max_conversations
+                    )
+                )
+            reports = write_log_from(
+                sources, LogSettings(data_dir, fsync, fsync_interval, rotation), db, no_project
+            )
+        for summary in reports:
+            if isinstance(summary, IngestSummary):
+                console.print(
+                    f"{summary.conversations} conversations, {summary.frames_logged} frames logged, "
+                    f"{summary.audio_skipped} audio frames skipped",
+                    highlight=False,
+                )
+
+    @app.command("webhook")
+    def webhook_command(
+        host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+        port: Annotated[
+            int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+        ] = 8080,
+        path: Annotated[str, typer.Option("--path", help="The URL path ElevenLabs posts to.")] = DEFAULT_PATH,
+        data_dir: DataDir = DATA_DIR,
+        fsync: Fsync = FsyncPolicy.INTERVAL,
+        max_body: Annotated[
+            str,
+            typer.Option(
+                "--max-body",
+                help="Larger bodies are refused with 413, except post_call_audio (read, never stored).",
+            ),
+        ] = f"{DEFAULT_MAX_BODY // 2**20}MiB",
+        no_project: NoProject = False,
+        db: DbPath = None,
+        verbose: Verbose = False,
+    ) -> None:
+        """Receive post-call webhooks: verify, append to the log, fsync, then answer 200.
+
+        The HMAC secret comes from ELEVENLABS_WEBHOOK_SECRET, never from a flag.
+        Missing, malformed, stale (30 min), future (5 min) or wrong signature: 401.
+        Refused deliveries are never stored; a replayed delivery is stored again.
+        post_call_audio is answered 200; its audio is never stored.
+        Whatever --fsync, a 200 waits until the delivery is on stable storage
+        (an fsync shared by the deliveries in flight; one per delivery with 'always').
+        Put it behind a TLS reverse proxy: ElevenLabs posts to https URLs.
+        SIGTERM / Ctrl-C: finish deliveries in flight, fsync, unlock, exit 0.
+        """
+        setup_logging(verbose)
+        with reporting_errors():
+            secret = take_secrets().webhook_secret
+            if not secret.strip():
+                raise ConfigError(
+                    f"no webhook secret: set {WEBHOOK_SECRET_ENV} (from the agent's webhook settings)"
+                )
+            config = WebhookConfig(
+                secret=secret, host=host, port=port, path=path, max_body=parse_size(max_body, "--max-body")
+            )
+            stats = write_log(
+                lambda writer, stop: run_webhook_server(writer, config, stop),
+                LogSettings(data_dir, fsync, command="capture webhook"),
+                db,
+                no_project,
+            )
+        console.print(str(stats), highlight=False, soft_wrap=True)
+
+    @app.command("backfill")
+    def backfill_command(
+        agent_id: AgentId = None,
+        base_url: BaseUrl = DEFAULT_BASE_URL,
+        data_dir: DataDir = DATA_DIR,
+        since: Annotated[
+            str | None,
+            typer.Option(
+                "--since",
+                help="Only calls that started at or after this: 2026-01-01, 2026-01-01T12:00:00Z, "
+                "Unix seconds, or an age (7d, 12h, 30m). Times without an offset are UTC.",
+                show_default=False,
+            ),
+        ] = None,
+        until: Annotated[
+            str | None,
+            typer.Option(
+                "--until", help="Only calls that started before this (same forms).", show_default=False
+            ),
+        ] = None,
+        page_size: Annotated[
+            int, typer.Option("--page-size", min=1, max=100, help="Conversations per list page.")
+        ] = 100,
+        concurrency: Annotated[
+            int,
+            typer.Option(
+                "--concurrency",
+                min=1,
+                help="Requests in flight at most (list and get together); keep it within your plan's limit.",
+            ),
+        ] = 2,
+        refresh: Annotated[
+            bool, typer.Option("--refresh", help="Fetch again conversations the log already holds.")
+        ] = False,
+        follow: Annotated[
+            bool,
+            typer.Option("--follow", help="Keep polling (every --interval) so missed webhooks are caught."),
+        ] = False,
+        interval: Annotated[
+            float, typer.Option("--interval", min=0.01, help="Seconds between polls with --follow.")
+        ] = 60.0,
+        wait_pending: Annotated[
+            float,
+            typer.Option(
+                "--wait-pending",
+                min=0,
+                help="Without --follow: seconds to keep asking for conversations not finished yet "
+                "(processing, in progress); what is left is picked up by the next run.",
+            ),
+        ] = 30.0,
+        fsync: Fsync = FsyncPolicy.INTERVAL,
+        fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
+        no_project: NoProject = False,
+        db: DbPath = None,
+        verbose: Verbose = False,
+    ) -> None:
+        """Fetch the agent's finished conversations (Conversations REST API) into the log, each once.
+
+        Reads ELEVENLABS_API_KEY from the environment (never from a flag). Conversations the log
+        already holds (from an earlier backfill or a post-call webhook) are skipped, so an
+        interrupted backfill simply runs again. Takes the data dir's lock: it cannot run while
+        `capture ingest` writes to the same data dir (use `capture ingest --backfill-follow` there).
+        """
+        setup_logging(verbose)
+        with reporting_errors():
+            now = time.time()
+            config = BackfillConfig(
+                agent_id=agent_id or "",
+                base_url=base_url,
+                api_key=take_secrets().api_key,
+                since=parse_moment(since, now, "--since") if since else None,
+                until=parse_moment(until, now, "--until") if until else None,
+                page_size=page_size,
+                concurrency=concurrency,
+                refresh=refresh,
+                follow=follow,
+                interval=interval,
+                wait_pending=wait_pending,
+            )
+            http_base_url(base_url)  # a bad URL fails now, not at the first request
+            with progress_bar() as bar:
+                task = bar.add_task("backfill", total=None)
+
+                def show(report: BackfillReport) -> None:
+                    description = f"backfill: {report.listed} listed, {report.already_captured} in the log"
+                    bar.update(task, description=description, total=report.queued, completed=report.answered)
+
+                report = write_log(
+                    lambda writer, stop: run_backfill(writer, config, stop, show),
+                    LogSettings(data_dir, fsync, fsync_interval, command="capture backfill"),
+                    db,
+                    no_project,
+                )
+            console.print(_backfill_summary(report), highlight=False, soft_wrap=True)
+            if report.stopped and not follow:
+                console.print("stopped; run it again to continue", highlight=False)
+            elif report.list_incomplete or report.errors:
+                raise CaptureError(
+                    "the backfill is incomplete (see the warnings above); run it again to continue"
+                )
+
+    @app.command("monitor")
+    def monitor_command(
+        agent_id: AgentId = None,
+        base_url: BaseUrl = DEFAULT_BASE_URL,
+        data_dir: DataDir = DATA_DIR,
+        poll_interval: Annotated[
+            float,
+            typer.Option(
+                "--poll-interval", min=0.01, help="Seconds between looks for new live conversations."
+            ),
+        ] = 5.0,
+        lookback: Annotated[
+            float,
+            typer.Option(
+                "--lookback", min=1, help="Look for live calls that started within this many seconds."
+            ),
+        ] = 6 * 3600.0,
+        max_conversations: Annotated[
+            int | None,
+            typer.Option(
+                "--max-conversations", min=1, help="Stop after this many monitored conversations ended."
+            ),
+        ] = None,
+        max_attachments: Annotated[
+            int, typer.Option("--max-attachments", min=1, help="Monitor sockets open at most.")
+        ] = 256,
+        concurrency: Annotated[
+            int, typer.Option("--concurrency", min=1, help="REST requests in flight at most.")
+        ] = 2,
+        fsync: Fsync = FsyncPolicy.INTERVAL,
+        fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
+        no_project: NoProject = False,
+        db: DbPath = None,
+        verbose: Verbose = False,
+    ) -> None:
+        """Attach to the agent's live conversations and log every frame (audio excepted).
+
+        Real-time monitoring is enterprise-only and must be enabled on the agent; without it this
+        exits with code 2 and one line saying so. Reads ELEVENLABS_API_KEY from the environment
+        (never from a flag). Takes the data dir's lock: use `capture ingest --monitor` to run it
+        next to the other sources.
+        """
+        setup_logging(verbose)
+        with reporting_errors():
+            config = MonitorConfig(
+                agent_id=agent_id or "",
+                base_url=base_url,
+                api_key=take_secrets().api_key,
+                poll_interval=poll_interval,
+                lookback=lookback,
+                concurrency=concurrency,
+                max_attachments=max_attachments,
+                max_conversations=max_conversations,
+            )
+            ws_base_url(base_url)  # a bad URL fails now, not at the first connection
+            report = write_log(
+                lambda writer, stop: run_monitor(writer, config, stop),
+                LogSettings(data_dir, fsync, fsync_interval, command="capture monitor"),
+                db,
+                no_project,
+            )
+        console.print(
+            f"{report.conversations} conversations monitored, {report.frames_logged} frames logged, "
+            f"{report.audio_skipped} audio frames skipped",
+            highlight=False,
+        )
