@@ -30,7 +30,7 @@ from cli.options import (
     parse_vars,
 )
 from cli.output import console, progress_bar, reporting_errors, setup_logging
-from cli.secrets import API_KEY_ENV, WEBHOOK_SECRET_ENV, take_secrets
+from cli.secrets import API_KEY_ENV, RELAY_TOKEN_ENV, WEBHOOK_SECRET_ENV, take_secrets
 from cli.writing import write_log, write_log_from
 from ingest.errors import CaptureError, ConfigError
 from ingest.log.segments import DEFAULT_MAX_AGE, RotationPolicy
@@ -50,6 +50,7 @@ from ingest.sources import (
     run_webhook_server,
 )
 from ingest.sources.agent.user_input import open_input, read_lines
+from ingest.sources.relay import RelayConfig, run_relay
 from ingest.sources.urls import DEFAULT_BASE_URL, http_base_url, ws_base_url
 from ingest.sources.webhook.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
 
@@ -157,6 +158,28 @@ def register(app: typer.Typer) -> None:
                 "--monitor", help="Also attach to the agent's live conversations (enterprise monitor socket)."
             ),
         ] = False,
+        relay_port: Annotated[
+            int | None,
+            typer.Option(
+                "--relay-port",
+                min=0,
+                max=65535,
+                help="Also relay the agent's conversations between your clients and the platform on this "
+                f"port, logging every frame both ways (see `capture relay`; token: {RELAY_TOKEN_ENV}).",
+                show_default=False,
+            ),
+        ] = None,
+        relay_host: Annotated[
+            str, typer.Option("--relay-host", help="Interface the relay listens on.")
+        ] = "127.0.0.1",
+        relay_public_url: Annotated[
+            str | None,
+            typer.Option(
+                "--relay-public-url",
+                help="The relay's address as clients reach it (wss://… behind TLS).",
+                show_default=False,
+            ),
+        ] = None,
         verbose: Verbose = False,
     ) -> None:
         """Hold conversations with an agent and append every frame (audio excepted) to the log.
@@ -168,10 +191,13 @@ def register(app: typer.Typer) -> None:
         with reporting_errors():
             secrets = take_secrets()
             api_key = secrets.api_key or None
-            agent = _required(agent_id, NO_AGENT) if agent_ws or backfill_follow or monitor else ""
-            if not (agent_ws or backfill_follow or monitor or webhook_port is not None):
+            relay = relay_port is not None
+            needs_agent = agent_ws or backfill_follow or monitor or relay
+            agent = _required(agent_id, NO_AGENT) if needs_agent else ""
+            if not (needs_agent or webhook_port is not None):
                 raise ConfigError(
-                    "nothing to capture: --no-agent-ws needs --webhook-port, --backfill-follow or --monitor"
+                    "nothing to capture: --no-agent-ws needs --webhook-port, --backfill-follow, --monitor "
+                    "or --relay-port"
                 )
             ws_base_url(base_url)  # a bad URL fails now, not at the first connection
             sources: list[Source[object]] = []
@@ -195,6 +221,17 @@ def register(app: typer.Typer) -> None:
             if monitor:
                 live = MonitorConfig(agent, base_url, key)
                 sources.append(lambda writer, stop: run_monitor(writer, live, stop))
+            if relay_port is not None:
+                relay_config = RelayConfig(
+                    agent_ids=[agent],
+                    base_url=base_url,
+                    api_key=api_key,
+                    relay_token=secrets.relay_token or None,
+                    host=relay_host,
+                    port=relay_port,
+                    public_url=relay_public_url,
+                )
+                sources.append(lambda writer, stop: run_relay(writer, relay_config, stop))
             rotation = RotationPolicy(max_bytes=parse_size(segment_size), max_age=segment_age)
             if agent_ws:
                 config = AgentConfig(

@@ -34,10 +34,11 @@ WAIT = Scenario(name="wait", first_message="Hi!", user_turns=[], extra_events=Fa
 
 @contextlib.contextmanager
 def relay_process(
-    data_dir: Path, base_url: str, *args: str, **env: str
+    data_dir: Path, base_url: str, *args: str, command: tuple[str, ...] = ("relay", "--port", "0"), **env: str
 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``capture relay`` (or ``command``, e.g. ``ingest --relay-port 0``) on a free port, and that port."""
     proc = subprocess.Popen(
-        [*capture_command(), "relay", "--port", "0", "--agent-id", AGENT, "--base-url", base_url,
+        [*capture_command(), *command, "--agent-id", AGENT, "--base-url", base_url,
          "--data-dir", str(data_dir), *args],
         env=subprocess_env(**env),
         stdout=subprocess.PIPE,
@@ -75,8 +76,16 @@ def test_flags_and_credentials_are_one_line_and_exit_2() -> None:
     assert result.exit_code == 2 and "--base-url" in result.output
 
 
-def test_capture_relay_logs_projects_live_and_stops_cleanly(data_dir: Path) -> None:
-    """Typed turns through ``capture relay`` become rows while it runs; SIGTERM closes 1001 and exits 0."""
+@pytest.mark.parametrize(
+    "command",
+    [("relay", "--port", "0"), ("ingest", "--no-agent-ws", "--relay-port", "0")],
+    ids=["capture relay", "capture ingest --relay-port"],
+)
+def test_capture_relay_logs_projects_live_and_stops_cleanly(data_dir: Path, command: tuple[str, ...]) -> None:
+    """Typed turns through the relay become rows while it runs; SIGTERM closes 1001 and exits 0.
+
+    The same with ``capture ingest --relay-port``: the relay is one more source of its process.
+    """
 
     async def converse(port: int) -> ClientConnection:
         async with (
@@ -106,7 +115,9 @@ def test_capture_relay_logs_projects_live_and_stops_cleanly(data_dir: Path) -> N
 
     with (
         SimulatorThread(api_key=KEY, default=WAIT, ping_interval=None) as sim,
-        relay_process(data_dir, sim.http_url, ELEVENLABS_API_KEY=KEY, CAPTURE_RELAY_TOKEN=RELAY_TOKEN) as (
+        relay_process(
+            data_dir, sim.http_url, command=command, ELEVENLABS_API_KEY=KEY, CAPTURE_RELAY_TOKEN=RELAY_TOKEN
+        ) as (
             proc,
             port,
         ),
@@ -137,7 +148,8 @@ def test_capture_relay_logs_projects_live_and_stops_cleanly(data_dir: Path) -> N
         ("user-cli", "first typed line", '["relay"]'),
         ("user-cli", "second typed line", '["relay"]'),
     ]
-    assert "1 connections relayed (1 conversations)" in out
+    if command[0] == "relay":
+        assert "1 connections relayed (1 conversations)" in out
     for secret in (KEY, RELAY_TOKEN):
         assert secret not in out and secret not in err
 
