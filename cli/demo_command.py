@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cli.options import DataDir
 from cli.output import console, reporting_errors
-from ingest.simulator.server import Scenario, Simulator
+from ingest.simulator import Scenario, Simulator
 from ingest.sources.agent.client import AgentConfig
 from ingest.sources.run import IngestSettings, ingest
 from projections.sqlite import default_db_path, project

@@ -11,9 +11,16 @@ import typer
 
 from cli.output import console, reporting_errors
 from ingest.errors import CaptureError, ConfigError
-from ingest.simulator.account import AccountSpec
-from ingest.simulator.server import SCENARIOS, Scenario, Simulator, scenario_from_name
-from ingest.simulator.webhook_sender import DeliveryFactory, Signing, send_many
+from ingest.simulator import (
+    SCENARIOS,
+    AccountSpec,
+    DeliveryFactory,
+    Scenario,
+    Signing,
+    Simulator,
+    scenario_from_name,
+    send_many,
+)
 from ingest.sources.signals import stop_on_signals
 
 

@@ -17,7 +17,7 @@ from ingest.log.lock import probe_lock
 from ingest.log.reader import iter_log
 from ingest.log.status import log_status
 from ingest.log.writer import events_dir
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 from tests.conftest import TIMEOUT_FACTOR, capture_command, subprocess_env
 
 

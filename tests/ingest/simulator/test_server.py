@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
-from ingest.simulator.server import (
+from ingest.simulator import (
     FAULTS,
     HUGE_TEXT_SIZE,
     MALFORMED_FRAMES,

@@ -15,7 +15,7 @@ from ingest.errors import AuthError
 from ingest.log.envelope import LogLine
 from ingest.log.reader import iter_log
 from ingest.log.writer import events_dir
-from ingest.simulator.server import Scenario, Simulator
+from ingest.simulator import Scenario, Simulator
 from ingest.sources.agent.client import AgentConfig, IngestSummary
 from ingest.sources.reconnect import ReconnectPolicy
 from ingest.sources.run import IngestSettings, ingest

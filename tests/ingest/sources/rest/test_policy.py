@@ -14,7 +14,7 @@ from ingest.errors import ConfigError
 from ingest.log.envelope import Origin, decode_line, encode_line
 from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter, events_dir
-from ingest.simulator.account import Account, AccountSpec, BadQuery
+from ingest.simulator import Account, AccountSpec, BadQuery
 from ingest.sources.rest.api import conversation_url, list_params, monitor_url, parse_page
 from ingest.sources.rest.captured import captured_conversation_id, scan_captured
 from ingest.sources.rest.policy import Action, Retries, RetryPolicy, Verdict, classify, parse_retry_after
