@@ -282,9 +282,8 @@ class _Error(_Strict):
 
 def _event(kind: str, **fields: Any) -> type[BaseModel]:
     """A frame model: ``type`` fixed to ``kind`` plus the given ``name=(annotation, default)`` fields."""
-    return pydantic.create_model(  # type: ignore[call-overload, no-any-return]
-        f"Frame_{kind}", __base__=_Strict, type=(Literal[kind], ...), **fields
-    )
+    literal: Any = Literal[kind]
+    return pydantic.create_model(f"Frame_{kind}", __base__=_Strict, type=(literal, ...), **fields)
 
 
 ASYNCAPI_EVENTS: dict[str, type[BaseModel]] = {
