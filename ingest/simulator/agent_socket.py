@@ -345,7 +345,7 @@ class _Session:
         first = next(task for task in running if task in done)
         result = results[running.index(first)]
         for other in results:
-            if isinstance(other, Exception) and not isinstance(other, ConnectionResetError):
+            if isinstance(other, Exception) and not isinstance(other, ConnectionError):
                 raise other
         return None if isinstance(result, BaseException) else result
 

@@ -201,12 +201,12 @@ class MonitorSocket:
                 task.cancel()
             results = await asyncio.gather(sender, reader, return_exceptions=True)
         for result in results:
-            if isinstance(result, Exception) and not isinstance(result, ConnectionResetError):
+            if isinstance(result, Exception) and not isinstance(result, ConnectionError):
                 raise result
         if record.close_code is None:
             record.close_code = 1006  # the client went away without a close frame
         if not ws.closed:
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(ConnectionError):
                 await ws.close(code=record.close_code if record.close_code != 1006 else 1000)
 
     def _start(self, conversation_id: str, live: _Live) -> None:
@@ -263,5 +263,5 @@ class MonitorSocket:
         for ws, record in list(self._sockets.items()):
             if record.close_code is None:
                 record.close_code = 1001
-            with contextlib.suppress(ConnectionResetError):
+            with contextlib.suppress(ConnectionError):
                 await ws.close(code=1001)

@@ -26,6 +26,7 @@ from tests.ingest.simulator.peer import (
     QUIET,
     SDK_STYLE_INIT,
     TEXT_INIT,
+    WAIT,
     of_kind,
     only,
     parse,
@@ -460,3 +461,20 @@ def test_official_sdk_holds_a_text_conversation(requires_auth: bool) -> None:
     assert (record.close_code, record.closed_by) == (1000, "client")
     assert st.sim.signed_url_requests == (1 if requires_auth else 0)
     assert "source=python_sdk" in record.path
+
+
+def test_a_client_that_vanishes_mid_flood_ends_the_connection_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """No close frame, a TCP reset while the server writes: recorded as the client's 1006, nothing raised."""
+
+    async def main() -> ConnectionRecord:
+        async with Simulator(default=Scenario(name="flood", flood=1_000_000), ping_interval=None) as sim:
+            async with peer(sim.conversation_url(), pong=False) as p:
+                await p.until(of_kind("user_transcript"))
+                p.ws.transport.abort()
+            await sim.wait_for(lambda s: only(s).closed, WAIT)
+            return only(sim)
+
+    with caplog.at_level("ERROR"):
+        record = run(main())
+    assert (record.close_code, record.closed_by) == (1006, "client")
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
