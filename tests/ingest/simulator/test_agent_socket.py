@@ -463,7 +463,9 @@ def test_official_sdk_holds_a_text_conversation(requires_auth: bool) -> None:
     assert "source=python_sdk" in record.path
 
 
-def test_a_client_that_vanishes_mid_flood_ends_the_connection_quietly(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_client_that_vanishes_mid_flood_ends_the_connection_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """No close frame, a TCP reset while the server writes: recorded as the client's 1006, nothing raised."""
 
     async def main() -> ConnectionRecord:
