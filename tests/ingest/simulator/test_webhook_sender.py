@@ -26,6 +26,7 @@ from ingest.simulator import (
     Signing,
     send_many,
 )
+from tests.ingest.simulator.peer import serving
 from tests.ingest.simulator.reference import sdk_errors
 
 
@@ -136,14 +137,8 @@ async def receiver() -> AsyncIterator[tuple[str, list[tuple[bytes, bool]]]]:
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", got
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield f"{url}/hook", got
 
 
 def test_send_many_posts_each_body_as_is() -> None:
