@@ -38,7 +38,7 @@ KEY = "sk_bench"
 
 SERVER = r"""
 import asyncio, sys
-from ingest.simulator.server import AccountSpec, Simulator
+from ingest.simulator import AccountSpec, Simulator
 n, latency = int(sys.argv[1]), float(sys.argv[2])
 async def main():
     spec = AccountSpec(conversations=n, processing=0, in_progress=0, spacing_secs=60)

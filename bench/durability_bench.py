@@ -33,7 +33,7 @@ from ingest.log.frames import inspect_frame
 from ingest.log.reader import iter_log
 from ingest.log.segments import RotationPolicy
 from ingest.log.writer import FsyncPolicy, LogWriter, events_dir
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = r"""
 import asyncio, sys
-from ingest.simulator.server import Scenario, Simulator
+from ingest.simulator import Scenario, Simulator
 n = int(sys.argv[1])
 flood = Scenario(name="flood", flood=n, first_message=None, user_turns=[], extra_events=False, flood_ping_every=1000)
 async def main():

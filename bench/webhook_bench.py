@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from ingest.log.reader import iter_log  # noqa: E402
 from ingest.log.writer import events_dir  # noqa: E402
-from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send  # noqa: E402
+from ingest.simulator import Delivery, DeliveryFactory, send  # noqa: E402
 
 
 SECRET = "wsec_bench_0123456789abcdef"

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import aiohttp
 import orjson
@@ -18,9 +18,18 @@ from rich.table import Table
 from cli.options import DataDir
 from cli.output import console, reporting_errors
 from ingest.errors import CaptureError, ConfigError
-from ingest.simulator.account import AccountSpec
-from ingest.simulator.server import SCENARIOS, Scenario, Simulator, scenario_from_name
-from ingest.simulator.webhook_sender import DeliveryFactory, Signing, send_many
+from ingest.simulator import (
+    CHANNELS,
+    SCENARIOS,
+    AccountSpec,
+    Channel,
+    DeliveryFactory,
+    Scenario,
+    Signing,
+    Simulator,
+    scenario_from_name,
+    send_many,
+)
 from ingest.sources import AgentConfig, LogSettings, run_agent, run_source
 from ingest.sources.signals import stop_on_signals
 from projections import project
@@ -36,6 +45,26 @@ def scenarios_from_names(names: list[str]) -> list[Scenario]:
         return [scenario_from_name(name) for name in names]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _account_spec(
+    conversations: int, agent_id: str, in_progress: int, channels: list[str]
+) -> AccountSpec | None:
+    """The ``--account`` history, or ``None`` for none; a bad combination is a :class:`ConfigError`."""
+    if not conversations:
+        return None
+    if in_progress > conversations:
+        raise ConfigError(f"--in-progress {in_progress} is more than --account {conversations}")
+    unknown = [channel for channel in channels if channel not in CHANNELS]
+    if unknown:
+        raise ConfigError(f"unknown --channel {unknown[0]!r}; valid: {', '.join(CHANNELS)}")
+    return AccountSpec(
+        conversations=conversations,
+        agent_id=agent_id,
+        in_progress=in_progress,
+        processing=min(3, conversations - in_progress),
+        channels=cast("tuple[Channel, ...]", tuple(channels)),  # checked above
+    )
 
 
 async def _send_webhooks(sim: Simulator, url: str, secret: str, bad_every: int) -> None:
@@ -182,6 +211,14 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option("--in-progress", min=0, help="Of those, how many are live (for `capture monitor`)."),
         ] = 0,
+        channel: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--channel",
+                help=f"Account conversations happen on these channels in turn (repeatable): {', '.join(CHANNELS)}.",
+                show_default=False,
+            ),
+        ] = None,
         monitor_enabled: Annotated[
             bool,
             typer.Option("--monitor/--no-monitor", help="Serve the monitor socket (else refuse it 403)."),
@@ -226,11 +263,7 @@ def register(app: typer.Typer) -> None:
                 default=fallback,
                 ping_interval=ping_interval,
                 pong_deadline=pong_deadline,
-                account=AccountSpec(
-                    conversations=account, agent_id=min(agent_id or ["agent_demo"]), in_progress=in_progress
-                )
-                if account
-                else None,
+                account=_account_spec(account, min(agent_id or ["agent_demo"]), in_progress, channel or []),
                 monitor_enabled=monitor_enabled,
             )
             try:

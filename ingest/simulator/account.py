@@ -1,10 +1,11 @@
-"""The simulator's account: a deterministic history of conversations for the REST API and monitor.
+"""The simulated account: a deterministic history of conversations for the REST API and the monitor.
 
 Pure data and bookkeeping, no I/O: :class:`Account` holds synthetic
-conversations built from an :class:`AccountSpec` (same seed, same ids, same
-transcripts, same bytes), answers the Conversations API's list and get
-operations as response bodies (``bytes``, as a server sends them), and moves
-conversations along their lifecycle:
+conversations (:mod:`ingest.simulator.conversation`) built from an
+:class:`AccountSpec` (same seed, same ids, same transcripts, same bytes),
+answers the Conversations API's list and get operations as response bodies
+(``bytes``, as a server sends them), and moves conversations along their
+lifecycle:
 
 * ``done`` and ``failed`` conversations never change;
 * ``processing`` ones become ``done`` after :attr:`AccountSpec.done_after_polls`
@@ -13,25 +14,38 @@ conversations along their lifecycle:
   transcript (:meth:`Account.start_live` … :meth:`Account.finish_live`), after
   which they are ``processing``.
 
-Bodies look like the real API's (``docs/elevenlabs-protocol.md`` §6b): compact
-JSON in UTF-8 with non-ASCII text written literally, except every
-:attr:`AccountSpec.escaped_every`-th conversation, serialised with ``\\uXXXX``
-escapes, so a client that re-serialises instead of keeping bytes is caught.
-User turns carry ``source_medium`` (``audio`` or ``text``) and
-``source_event_id``.
+Bodies are compact JSON in UTF-8 with non-ASCII text written literally, except
+every :attr:`AccountSpec.escaped_every`-th conversation, serialised with
+``\\uXXXX`` escapes (and every :attr:`AccountSpec.pretty_every`-th
+pretty-printed), so a client that re-serialises instead of keeping bytes is
+caught. The default account is web and SDK conversations whose user entries
+carry ``source_medium`` (``audio`` or ``text``) and ``source_event_id``; the
+other :class:`AccountSpec` options add channels and entry variants.
 
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.simulator.conversation import (
+    CHANNELS,
+    FINISHED,
+    Channel,
+    Encoding,
+    SimConversation,
+    Status,
+    conversation_body,
+    conversation_id_for,
+    conversation_summary,
+    encode_body,
+    synthesize,
+)
+from ingest.simulator.otel import otlp_traces
 
 
 __all__ = [
@@ -44,38 +58,8 @@ __all__ = [
     "Status",
 ]
 
-Status = Literal["initiated", "in-progress", "processing", "done", "failed"]
-
-#: Statuses after which a conversation never changes.
-FINISHED: frozenset[str] = frozenset({"done", "failed"})
-
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 30
-
-# Non-ASCII on purpose: accents, CJK, an emoji (a surrogate pair when escaped),
-# quotes and a backslash that must survive byte for byte.
-_USER_LINES = (
-    "Olá, preciso de ajuda com a minha fatura.",
-    "Can you check my last invoice?",
-    "Grüße aus München — wo ist meine Bestellung?",
-    "注文の状況を教えてください。",
-    "My order number is 12345 😀",
-    "¿Puedo cambiar la dirección de entrega?",
-    'She said "hi" and typed C:\\temp by mistake.',
-    "Thanks, that's all for today.",
-    "Я хочу отменить подписку.",
-    "I'd like to talk to a human, please.",
-)
-_AGENT_LINES = (
-    "Of course! Let me look that up for you.",
-    "I found your account. Anything else?",
-    "Claro, um momento por favor.",
-    "Your order ships tomorrow.",
-    "I'm transferring you now.",
-)
-_FIRST_MESSAGE = "Hello! How can I help you today?"
-_SOURCES = ("whatsapp", "widget", "phone", "sip_trunk")
-_FAILURE_REASONS = ("Error: LLM timeout", "Client disconnected before the first message")
 
 
 @dataclass(frozen=True)
@@ -86,6 +70,8 @@ class AccountSpec:
     spacing_secs``. From the newest down: the first ``in_progress`` are
     ``in-progress``, the next ``processing`` are ``processing``; of the rest,
     every ``failed_every``-th is ``failed`` and the others are ``done``.
+    "Every n-th" counts the conversations of ``agent_id``, oldest first: the
+    n-th, 2n-th, … (0 turns the option off).
 
     Attributes:
         conversations: How many conversations of ``agent_id``.
@@ -94,7 +80,7 @@ class AccountSpec:
         other_agent_conversations: Extra ``done`` conversations of
             ``other_agent_id``, interleaved, so the ``agent_id`` filter matters.
         other_agent_id: Their agent.
-        failed_every: Every n-th finished conversation is ``failed``; 0 for none.
+        failed_every: Every n-th finished conversation is ``failed``.
         processing: How many start as ``processing``.
         in_progress: How many start as ``in-progress`` (for the monitor).
         done_after_polls: A ``processing`` conversation answers ``processing``
@@ -105,9 +91,27 @@ class AccountSpec:
             newest started ``spacing_secs`` ago.
         spacing_secs: Seconds between conversation starts.
         user_turns: (min, max) user turns per conversation.
-        escaped_every: Every n-th body is written with ``\\u`` escapes; 0 for none.
-        pretty_every: Every n-th body is pretty-printed over several lines; 0 for none.
+        escaped_every: Every n-th body is written with ``\\u`` escapes.
+        pretty_every: Every n-th body is pretty-printed over several lines.
         live_turn_gap: Seconds between the turns the monitor socket plays.
+        live_history: Transcript entries a live conversation has already
+            played when its first monitor attaches (the monitor replays them as
+            history before ``history_complete``).
+        channels: Conversation ``i`` of ``agent_id`` happens on ``channels[i %
+            len(channels)]`` (WhatsApp, phone, SMS, …: see
+            :data:`~ingest.simulator.conversation.CHANNELS`); empty: web and
+            SDK conversations.
+        multi_party_every: Every n-th conversation's user entries carry a
+            ``user_identifier``, alternating between two participants.
+        media_every: Every n-th conversation ends with ``dtmf`` and ``image``
+            entries and interrupted entries with ``original_message``.
+        minimal_every: Every n-th conversation's entries carry only the keys
+            of the docs' webhook example (no ``source_medium``, no
+            ``source_event_id``).
+        failed_with_turns: Failed conversations keep their user turns (else
+            their body holds only the agent's first message).
+        analysis_results: Analyses carry evaluation-criteria and
+            data-collection results, and languages and termination reasons vary.
 
     """
 
@@ -127,6 +131,13 @@ class AccountSpec:
     escaped_every: int = 5
     pretty_every: int = 0
     live_turn_gap: float = 0.05
+    live_history: int = 0
+    channels: tuple[Channel, ...] = ()
+    multi_party_every: int = 0
+    media_every: int = 0
+    minimal_every: int = 0
+    failed_with_turns: bool = False
+    analysis_results: bool = False
 
     def __post_init__(self) -> None:
         counts = (
@@ -137,6 +148,10 @@ class AccountSpec:
             self.in_progress,
             self.escaped_every,
             self.pretty_every,
+            self.live_history,
+            self.multi_party_every,
+            self.media_every,
+            self.minimal_every,
         )
         if min(counts) < 0 or self.spacing_secs < 1 or self.live_turn_gap < 0:
             raise ValueError("AccountSpec counts and timings must not be negative")
@@ -145,107 +160,17 @@ class AccountSpec:
         low, high = self.user_turns
         if low < 1 or high < low:
             raise ValueError("AccountSpec.user_turns must be (min, max) with 1 <= min <= max")
-
-
-@dataclass
-class SimConversation:
-    """One synthetic conversation and where it is in its life.
-
-    Attributes:
-        conversation_id: Its id (``conv_`` + 24 hex digits).
-        agent_id: Its agent.
-        start_unix: When the call started.
-        status: Its current status.
-        transcript: The whole transcript (the GET body shows the part played
-            so far while it is live).
-        played: How many transcript entries the monitor has played.
-        polls: GETs answered while ``processing``.
-        processing_since: ``clock()`` when it became ``processing``.
-        gets: GETs answered, any status.
-        encoding: How its bodies are serialised.
-
-    """
-
-    conversation_id: str
-    agent_id: str
-    start_unix: int
-    status: Status
-    transcript: list[dict[str, Any]]
-    user_id: str
-    source: str
-    failure_reason: str | None
-    summary: str
-    encoding: Literal["compact", "escaped", "pretty"]
-    played: int = 0
-    polls: int = 0
-    processing_since: float | None = None
-    gets: int = 0
-    live_started: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def duration_secs(self) -> int:
-        """Length of the call: the time of its last transcript entry, plus a little."""
-        return int(self.transcript[-1]["time_in_call_secs"]) + 3 if self.transcript else 0
-
-    def user_entries(self) -> list[dict[str, Any]]:
-        """The transcript's user turns."""
-        return [entry for entry in self.transcript if entry["role"] == "user"]
+        unknown = [channel for channel in self.channels if channel not in CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown channel {unknown[0]!r}; valid: {', '.join(CHANNELS)}")
 
 
 class BadQuery(ValueError):
     """A list query the real API would refuse with 422 (a bad cursor or page size)."""
 
 
-def _conversation_id(seed: int, key: str) -> str:
-    return "conv_" + hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:24]
-
-
-def _transcript(rng: random.Random, turns: int) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = []
-    at = 0
-    event_id = 1
-    entries.append(_entry("agent", _FIRST_MESSAGE, at, "audio", event_id))
-    for _ in range(turns):
-        event_id += 1
-        at += rng.randint(2, 9)
-        medium = rng.choice(("audio", "text"))
-        entries.append(_entry("user", rng.choice(_USER_LINES), at, medium, event_id))
-        at += rng.randint(1, 4)
-        entries.append(_entry("agent", rng.choice(_AGENT_LINES), at, "audio", event_id))
-    return entries
-
-
-def _entry(role: str, message: str, at: int, medium: str, event_id: int) -> dict[str, Any]:
-    return {
-        "role": role,
-        "agent_metadata": {"agent_id": None, "workflow_node_id": None} if role == "agent" else None,
-        "message": message,
-        "multivoice_message": None,
-        "tool_calls": [],
-        "tool_results": [],
-        "feedback": None,
-        "llm_override": None,
-        "time_in_call_secs": at,
-        "conversation_turn_metrics": {"metrics": {"convai_llm_service_ttfb": {"elapsed_time": 0.31}}}
-        if role == "agent"
-        else None,
-        "rag_retrieval_info": None,
-        "llm_usage": None,
-        "interrupted": False,
-        "original_message": None,
-        "source_medium": medium,
-        "source_event_id": event_id,
-    }
-
-
-def _encode(body: Any, encoding: str) -> bytes:
-    if encoding == "escaped":
-        return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    if encoding == "pretty":
-        return json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
-    # Starlette's JSONResponse: compact, UTF-8, non-ASCII written literally.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def _every(n: int, index: int) -> bool:
+    return n > 0 and index % n == n - 1
 
 
 def _cursor(conversation: SimConversation) -> str:
@@ -289,7 +214,7 @@ class Account:
         for slot in range(total):
             if slot in others:
                 self._make(
-                    f"other:{slot}", spec.other_agent_id, start + slot * spec.spacing_secs, "done", slot
+                    f"other:{slot}", spec.other_agent_id, start + slot * spec.spacing_secs, "done", slot, None
                 )
                 continue
             from_newest = spec.conversations - 1 - index
@@ -298,34 +223,39 @@ class Account:
                 status = "in-progress"
             elif from_newest < spec.in_progress + spec.processing:
                 status = "processing"
-            elif spec.failed_every and index % spec.failed_every == spec.failed_every - 1:
+            elif _every(spec.failed_every, index):
                 status = "failed"
             else:
                 status = "done"
-            self._make(str(index), spec.agent_id, start + slot * spec.spacing_secs, status, slot)
+            self._make(str(index), spec.agent_id, start + slot * spec.spacing_secs, status, slot, index)
             index += 1
 
-    def _make(self, key: str, agent_id: str, start_unix: int, status: Status, slot: int) -> SimConversation:
+    def _make(
+        self, key: str, agent_id: str, start_unix: int, status: Status, slot: int, index: int | None
+    ) -> SimConversation:
         spec = self.spec
-        rng = random.Random(f"{spec.seed}:{key}")
-        turns = rng.randint(*spec.user_turns)
-        transcript = _transcript(rng, turns)
-        encoding: Literal["compact", "escaped", "pretty"] = "compact"
-        if spec.pretty_every and slot % spec.pretty_every == spec.pretty_every - 1:
+        encoding: Encoding = "compact"
+        if _every(spec.pretty_every, slot):
             encoding = "pretty"
-        elif spec.escaped_every and slot % spec.escaped_every == spec.escaped_every - 1:
+        elif _every(spec.escaped_every, slot):
             encoding = "escaped"
-        conversation = SimConversation(
-            conversation_id=_conversation_id(spec.seed, key),
+        variant = index is not None  # the options shape the conversations of agent_id only
+        at = index or 0
+        conversation = synthesize(
+            seed=spec.seed,
+            key=key,
             agent_id=agent_id,
             start_unix=start_unix,
             status=status,
-            transcript=transcript,
-            user_id=f"user-{rng.randint(1000, 9999)}",
-            source=rng.choice(_SOURCES),
-            failure_reason=rng.choice(_FAILURE_REASONS) if status == "failed" else None,
-            summary=f"The user asked about {rng.choice(('an invoice', 'an order', 'a refund'))}.",
+            conversation_id=conversation_id_for(spec.seed, key),
+            user_turns=spec.user_turns,
             encoding=encoding,
+            channel=spec.channels[at % len(spec.channels)] if variant and spec.channels else None,
+            multi_party=variant and _every(spec.multi_party_every, at),
+            media_entries=variant and _every(spec.media_every, at),
+            minimal_entries=variant and _every(spec.minimal_every, at),
+            keeps_turns_when_failed=spec.failed_with_turns,
+            analysis_results=variant and spec.analysis_results,
         )
         if status == "processing":
             conversation.processing_since = self._clock()
@@ -353,10 +283,21 @@ class Account:
             if c.agent_id == agent_id and (not statuses or self._status(c) in statuses)
         ]
 
-    def body(self, conversation_id: str) -> bytes:
-        """The GET body of a conversation as it stands, without counting a poll."""
+    def body(self, conversation_id: str, *, otel: bool = False) -> bytes:
+        """The GET body of a conversation as it stands, without counting a poll.
+
+        Args:
+            otel: Add ``otlp_traces``, as the API does for ``format=opentelemetry``.
+
+        """
         conversation = self._by_id[conversation_id]
-        return _encode(self._body(conversation, self._status(conversation)), conversation.encoding)
+        return self._encoded(conversation, self._status(conversation), otel)
+
+    def _encoded(self, c: SimConversation, status: Status, otel: bool) -> bytes:
+        body = conversation_body(c, status)
+        if otel:
+            body["otlp_traces"] = otlp_traces(c, status, source="get_conversation")
+        return encode_body(body, c.encoding)
 
     # -- the API ---------------------------------------------------------------------
 
@@ -393,14 +334,24 @@ class Account:
         page = matching[:page_size]
         has_more = len(matching) > page_size
         body = {
-            "conversations": [self._summary(c) for c in page],
+            "conversations": [
+                conversation_summary(
+                    c, self._status(c), agent_name="Support" if c.agent_id == self.spec.agent_id else "Other"
+                )
+                for c in page
+            ],
             "next_cursor": _cursor(page[-1]) if has_more else None,
             "has_more": has_more,
         }
-        return _encode(body, "compact")
+        return encode_body(body)
 
-    def get(self, conversation_id: str) -> bytes | None:
-        """Answer ``GET /v1/convai/conversations/{id}``, counting a poll; ``None`` if unknown."""
+    def get(self, conversation_id: str, *, otel: bool = False) -> bytes | None:
+        """Answer ``GET /v1/convai/conversations/{id}``, counting a poll; ``None`` if unknown.
+
+        Args:
+            otel: ``format=opentelemetry``: add ``otlp_traces``.
+
+        """
         conversation = self._by_id.get(conversation_id)
         if conversation is None:
             return None
@@ -410,7 +361,7 @@ class Account:
             conversation.polls += 1
             if self.spec.done_after_polls is not None and conversation.polls > self.spec.done_after_polls:
                 conversation.status = status = "done"
-        return _encode(self._body(conversation, status), conversation.encoding)
+        return self._encoded(conversation, status, otel)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -419,7 +370,9 @@ class Account:
         self._added += 1
         start = max(self._next_start, int(time.time()))
         self._next_start = start + 1
-        return self._make(f"added:{self._added}", agent_id or self.spec.agent_id, start, status, self._added)
+        agent = agent_id or self.spec.agent_id
+        index = self.spec.conversations + self._added - 1 if agent == self.spec.agent_id else None
+        return self._make(f"added:{self._added}", agent, start, status, self._added, index)
 
     def is_live(self, conversation_id: str) -> bool:
         """Whether the conversation is active (a monitor may attach)."""
@@ -459,76 +412,6 @@ class Account:
         ):
             conversation.status = "done"
         return conversation.status
-
-    # -- bodies ----------------------------------------------------------------------
-
-    def _summary(self, c: SimConversation) -> dict[str, Any]:
-        status = self._status(c)
-        finished = status in FINISHED
-        return {
-            "agent_id": c.agent_id,
-            "agent_name": "Support" if c.agent_id == self.spec.agent_id else "Other",
-            "conversation_id": c.conversation_id,
-            "start_time_unix_secs": c.start_unix,
-            "call_duration_secs": c.duration_secs if finished or status == "processing" else 0,
-            "message_count": len(c.transcript) if finished else c.played,
-            "status": status,
-            "call_successful": ("failure" if status == "failed" else "success") if finished else "unknown",
-            "transcript_summary": None,
-            "call_summary_title": None,
-            "direction": "inbound",
-            "termination_reason": c.failure_reason,
-            "conversation_initiation_source": c.source,
-            "tag_ids": [],
-        }
-
-    def _body(self, c: SimConversation, status: Status) -> dict[str, Any]:
-        live = status in ("initiated", "in-progress")
-        transcript = c.transcript[: c.played] if live else c.transcript
-        if status == "failed":
-            transcript = transcript[:1]
-        analysis: dict[str, Any] | None = None
-        if status in FINISHED:
-            analysis = {
-                "evaluation_criteria_results": {},
-                "data_collection_results": {},
-                "call_successful": "failure" if status == "failed" else "success",
-                "transcript_summary": c.summary,
-                "call_summary_title": "Support request",
-            }
-        return {
-            "agent_id": c.agent_id,
-            "conversation_id": c.conversation_id,
-            "status": status,
-            "user_id": c.user_id,
-            "branch_id": None,
-            "transcript": transcript,
-            "metadata": {
-                "start_time_unix_secs": c.start_unix,
-                "accepted_time_unix_secs": c.start_unix,
-                "call_duration_secs": 0 if live else c.duration_secs,
-                "cost": 0 if live else 40 * len(c.transcript),
-                "termination_reason": c.failure_reason or ("" if live else "end_call tool was called."),
-                "error": {"code": 1011, "reason": c.failure_reason} if status == "failed" else None,
-                "main_language": "en",
-                "conversation_initiation_source": c.source,
-                "timezone": "Europe/Lisbon",
-                "phone_call": None,
-                "features_usage": {"is_livekit": False},
-            },
-            "analysis": analysis,
-            "conversation_initiation_client_data": {
-                "conversation_config_override": {"conversation": {"text_only": False}},
-                "custom_llm_extra_body": {},
-                "user_id": c.user_id,
-                "source_info": {"source": c.source, "version": None},
-                "dynamic_variables": {"system__conversation_id": c.conversation_id, "user_name": "Zoë"},
-            },
-            "has_audio": not live,
-            "has_user_audio": not live,
-            "has_response_audio": not live,
-            **c.extra,
-        }
 
 
 def _spread(count: int, total: int) -> set[int]:

@@ -1,13 +1,18 @@
 """The simulator's webhook side: post-call deliveries as ElevenLabs sends them, signed well or badly.
 
 :class:`DeliveryFactory` builds deliveries (body bytes plus headers) that look
-like the real ones (``docs/elevenlabs-protocol.md`` §6a), deterministically
-from a seed and a clock:
+like the real ones (``docs/elevenlabs-protocol.md`` §6a; elevenlabs.io/docs …
+/workflows/post-call-webhooks), deterministically from a seed and a clock:
 
-* ``post_call_transcription``: the GET-conversation model under ``data``, its
-  transcript alternating agent and user turns (``source_medium`` ``audio`` or
-  ``text``, ``source_event_id``), with non-ASCII text; every few bodies are
-  written with ``\\uXXXX`` escapes, so a receiver that re-serialises is caught;
+* ``post_call_transcription``: the GET-conversation body
+  (``GetConversationResponseModel``) under ``data``, with non-ASCII text;
+  every few bodies are written with ``\\uXXXX`` escapes, so a receiver that
+  re-serialises is caught; with the agent's "exclude transcript" option
+  (``exclude_transcript`` in the SDK's ``ConvAiWebhooks``) ``data`` has no
+  ``transcript``;
+* ``post_call_transcription_otel``: the conversation as an OpenTelemetry trace,
+  ``data.otlp_traces`` (when the webhook's ``transcript_format`` is
+  ``opentelemetry``; the docs' "OpenTelemetry traces" page);
 * ``post_call_audio``: ``data.full_audio`` is base64 junk standing for an MP3;
   sent as chunked HTTP, like the real one;
 * ``call_initiation_failure``: a failure reason and telephony metadata.
@@ -25,16 +30,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
-import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
 from ingest.errors import CaptureError
+from ingest.simulator.conversation import (
+    Encoding,
+    SimConversation,
+    conversation_body,
+    encode_body,
+    synthesize,
+)
+from ingest.simulator.otel import otlp_traces
 from ingest.sources.webhook.signature import MAX_AGE, MAX_FUTURE, SIGNATURE_HEADER, sign
 
 
@@ -42,11 +54,11 @@ __all__ = [
     "AUDIO",
     "INITIATION_FAILURE",
     "TRANSCRIPTION",
+    "TRANSCRIPTION_OTEL",
     "Delivery",
     "DeliveryFactory",
     "Encoding",
     "Signing",
-    "conversation_data",
     "encode_body",
     "envelope",
     "send",
@@ -55,29 +67,10 @@ __all__ = [
 ]
 
 TRANSCRIPTION = "post_call_transcription"
+TRANSCRIPTION_OTEL = "post_call_transcription_otel"
 AUDIO = "post_call_audio"
 INITIATION_FAILURE = "call_initiation_failure"
 
-Encoding = Literal["compact", "escaped", "pretty"]
-
-_USER_LINES = (
-    "Olá, preciso de ajuda com a minha fatura.",
-    "Can you check my last invoice?",
-    "Grüße aus München — wo ist meine Bestellung?",
-    "注文の状況を教えてください。",
-    "My order number is 12345 😀",
-    "¿Puedo cambiar la dirección de entrega?",
-    'She said "hi" and typed C:\\temp by mistake.',
-    "Я хочу отменить подписку.",
-    "I'd like to talk to a human, please.",
-)
-_AGENT_LINES = (
-    "Of course! Let me look that up for you.",
-    "I found your account. Anything else?",
-    "Claro, um momento por favor.",
-    "Your order ships tomorrow.",
-)
-_FIRST_MESSAGE = "Hello! How can I help you today?"
 _FAILURE_REASONS = ("busy", "no-answer", "unknown")
 _MALFORMED_HEADERS = (
     "t={t}",  # no v0
@@ -129,95 +122,9 @@ class Delivery:
         return 200 if self.signing is Signing.VALID else 401
 
 
-def _entry(role: str, message: str, at: int, medium: str, event_id: int) -> dict[str, Any]:
-    return {
-        "role": role,
-        "agent_metadata": {"agent_id": None, "workflow_node_id": None} if role == "agent" else None,
-        "message": message,
-        "multivoice_message": None,
-        "tool_calls": [],
-        "tool_results": [],
-        "feedback": None,
-        "llm_override": None,
-        "time_in_call_secs": at,
-        "conversation_turn_metrics": None,
-        "rag_retrieval_info": None,
-        "llm_usage": None,
-        "interrupted": False,
-        "original_message": None,
-        "source_medium": medium,
-        "source_event_id": event_id,
-    }
-
-
-def conversation_data(
-    rng: random.Random,
-    *,
-    agent_id: str,
-    conversation_id: str,
-    start_unix: int,
-    user_turns: tuple[int, int] = (2, 5),
-) -> dict[str, Any]:
-    """Build a finished conversation in the GET-conversation model (a transcription's ``data``)."""
-    transcript = [_entry("agent", _FIRST_MESSAGE, 0, "audio", 1)]
-    at = 0
-    for event_id in range(2, 2 + rng.randint(*user_turns)):
-        at += rng.randint(2, 9)
-        transcript.append(
-            _entry("user", rng.choice(_USER_LINES), at, rng.choice(("audio", "text")), event_id)
-        )
-        at += rng.randint(1, 4)
-        transcript.append(_entry("agent", rng.choice(_AGENT_LINES), at, "audio", event_id))
-    duration = at + 3
-    user_id = f"user-{rng.randint(1, 999):03d}"
-    return {
-        "agent_id": agent_id,
-        "conversation_id": conversation_id,
-        "status": "done",
-        "user_id": user_id,
-        "transcript": transcript,
-        "metadata": {
-            "start_time_unix_secs": start_unix,
-            "call_duration_secs": duration,
-            "cost": 40 * len(transcript),
-            "termination_reason": "end_call tool was called.",
-            "main_language": "en",
-            "phone_call": None,
-        },
-        "analysis": {
-            "evaluation_criteria_results": {},
-            "data_collection_results": {},
-            "call_successful": "success",
-            "transcript_summary": "The user asked about an order.",
-        },
-        "conversation_initiation_client_data": {
-            "conversation_config_override": {"conversation": {"text_only": False}},
-            "user_id": user_id,
-            "dynamic_variables": {"system__conversation_id": conversation_id, "user_name": "Zoë"},
-        },
-        "has_audio": True,
-        "has_user_audio": True,
-        "has_response_audio": True,
-    }
-
-
 def envelope(kind: str, data: Mapping[str, Any], event_timestamp: int) -> dict[str, Any]:
     """Wrap ``data`` in the webhook envelope ``{"type", "event_timestamp", "data"}``."""
     return {"type": kind, "event_timestamp": event_timestamp, "data": dict(data)}
-
-
-def encode_body(payload: Any, encoding: Encoding = "compact") -> bytes:
-    """Serialise a payload as a server would.
-
-    ``compact``: one line, UTF-8, non-ASCII written literally; ``escaped``: one
-    line with ``\\uXXXX`` escapes; ``pretty``: indented over several lines.
-
-    """
-    if encoding == "escaped":
-        return json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    if encoding == "pretty":
-        return json.dumps(payload, ensure_ascii=False, indent=2).encode("utf-8")
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def valid_header_variants(secret: str, timestamp: int, body: bytes) -> list[str]:
@@ -265,6 +172,7 @@ class DeliveryFactory:
         escaped_every: int = 3,
     ) -> None:
         self._secret = secret
+        self._seed = seed
         self._rng = random.Random(seed)
         self.agent_id = agent_id
         self._clock = clock
@@ -275,6 +183,17 @@ class DeliveryFactory:
         """Return a fresh conversation id (``conv_`` + 24 hex digits)."""
         return f"conv_{self._rng.getrandbits(96):024x}"
 
+    def conversation(self, conversation_id: str | None = None) -> SimConversation:
+        """Synthesise a finished conversation of :attr:`agent_id` that started two minutes ago."""
+        return synthesize(
+            seed=self._seed,
+            key=f"hook:{self._rng.getrandbits(64):016x}",
+            agent_id=self.agent_id,
+            start_unix=int(self._clock()) - 120,
+            status="done",
+            conversation_id=conversation_id or self.conversation_id(),
+        )
+
     def transcription(
         self,
         *,
@@ -282,28 +201,50 @@ class DeliveryFactory:
         conversation_id: str | None = None,
         data: Mapping[str, Any] | None = None,
         encoding: Encoding | None = None,
+        exclude_transcript: bool = False,
     ) -> Delivery:
         """Build a ``post_call_transcription``.
 
         Args:
-            data: The conversation (GET-conversation model) to send; a new
+            data: The conversation (a GET-conversation body) to send; a new
                 synthetic one if omitted.
             encoding: How to serialise; by default compact, and escaped for
                 every ``escaped_every``-th transcription.
+            exclude_transcript: Send it as an agent with the "exclude
+                transcript" webhook option does: ``data`` without ``transcript``.
 
         """
         now = int(self._clock())
         if data is None:
-            conversation_id = conversation_id or self.conversation_id()
-            data = conversation_data(
-                self._rng, agent_id=self.agent_id, conversation_id=conversation_id, start_unix=now - 120
-            )
+            data = conversation_body(self.conversation(conversation_id), "done")
+        if exclude_transcript:
+            data = {key: value for key, value in data.items() if key != "transcript"}
         self._transcriptions += 1
         if encoding is None:
             every = self._escaped_every
             encoding = "escaped" if every and self._transcriptions % every == 0 else "compact"
         body = encode_body(envelope(TRANSCRIPTION, data, now), encoding)
         return self._signed(TRANSCRIPTION, str(data.get("conversation_id")), body, signing, now)
+
+    def transcription_otel(
+        self, *, signing: Signing = Signing.VALID, conversation: SimConversation | None = None
+    ) -> Delivery:
+        """Build a ``post_call_transcription_otel``: ``data`` is the ids and ``otlp_traces``, no transcript.
+
+        Args:
+            conversation: The (finished) conversation to trace; a new synthetic
+                one if omitted.
+
+        """
+        now = int(self._clock())
+        conversation = conversation or self.conversation()
+        data = {
+            "conversation_id": conversation.conversation_id,
+            "agent_id": conversation.agent_id,
+            "otlp_traces": otlp_traces(conversation, conversation.status, source="post_call_webhook"),
+        }
+        body = encode_body(envelope(TRANSCRIPTION_OTEL, data, now))
+        return self._signed(TRANSCRIPTION_OTEL, conversation.conversation_id, body, signing, now)
 
     def audio(
         self,
@@ -341,14 +282,24 @@ class DeliveryFactory:
         return self._signed(INITIATION_FAILURE, conversation_id, body, signing, now)
 
     def mix(
-        self, count: int, *, bad_every: int = 5, audio_every: int = 4, failure_every: int = 7
+        self,
+        count: int,
+        *,
+        bad_every: int = 5,
+        audio_every: int = 4,
+        failure_every: int = 7,
+        exclude_every: int = 0,
+        otel_every: int = 0,
     ) -> list[Delivery]:
         """Build ``count`` deliveries as the simulator sends them.
 
         Mostly transcriptions; every ``audio_every``-th is a ``post_call_audio``
         (of the previous conversation), every ``failure_every``-th a
-        ``call_initiation_failure``, and every ``bad_every``-th is badly signed,
-        cycling through the bad :class:`Signing` kinds. 0 disables a kind.
+        ``call_initiation_failure``, every ``otel_every``-th a
+        ``post_call_transcription_otel``, every ``exclude_every``-th
+        transcription has no transcript, and every ``bad_every``-th delivery is
+        badly signed, cycling through the bad :class:`Signing` kinds. 0
+        disables a kind.
 
         """
         bad = [s for s in Signing if s is not Signing.VALID]
@@ -362,8 +313,11 @@ class DeliveryFactory:
                 delivery = self.audio(signing=signing, conversation_id=last_conversation, audio_bytes=8_000)
             elif failure_every and i % failure_every == 0:
                 delivery = self.initiation_failure(signing=signing)
+            elif otel_every and i % otel_every == 0:
+                delivery = self.transcription_otel(signing=signing)
             else:
-                delivery = self.transcription(signing=signing)
+                exclude = bool(exclude_every) and i % exclude_every == 0
+                delivery = self.transcription(signing=signing, exclude_transcript=exclude)
             last_conversation = delivery.conversation_id
             deliveries.append(delivery)
         return deliveries

@@ -16,9 +16,15 @@ import pytest
 from ingest.errors import CaptureError, ProjectionError
 from ingest.log.reader import iter_log
 from ingest.log.writer import events_dir
-from ingest.simulator.account import AccountSpec
-from ingest.simulator.server import Scenario, SimulatorThread
-from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send, send_many
+from ingest.simulator import (
+    AccountSpec,
+    Delivery,
+    DeliveryFactory,
+    Scenario,
+    SimulatorThread,
+    send,
+    send_many,
+)
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite import iter_rows
 from tests.conftest import listening_port

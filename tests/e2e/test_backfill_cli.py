@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.log.writer import LogWriter, events_dir
-from ingest.simulator.server import SimulatorThread
+from ingest.simulator import SimulatorThread
 from tests.e2e.commands import (
     TIMEOUT,
     assert_children_never_saw,

@@ -16,7 +16,7 @@ from ingest.log.lock import probe_lock
 from ingest.log.reader import iter_log
 from ingest.log.status import log_status
 from ingest.log.writer import events_dir
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 from tests.e2e.commands import capture, start, terminate, wait_until
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.log.envelope import LogLine
-from ingest.simulator.server import AccountSpec, SimulatorThread
+from ingest.simulator import AccountSpec, SimulatorThread
 from tests.conftest import TIMEOUT_FACTOR
 from tests.e2e.commands import assert_children_never_saw, capture, one_line, running, user_texts, wait_until
 from tests.ingest.sources.rest.test_backfill import AGENT, KEY, backfill_in_process

@@ -12,9 +12,7 @@ import pytest
 from ingest.log.lock import probe_lock
 from ingest.log.reader import iter_log
 from ingest.log.writer import events_dir
-from ingest.simulator.account import AccountSpec
-from ingest.simulator.server import Scenario, SimulatorThread
-from ingest.simulator.webhook_sender import DeliveryFactory, send_many
+from ingest.simulator import AccountSpec, DeliveryFactory, Scenario, SimulatorThread, send_many
 from tests.conftest import TIMEOUT_FACTOR
 from tests.e2e.commands import capture, free_port, start, terminate
 

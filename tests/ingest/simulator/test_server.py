@@ -1,343 +1,20 @@
-"""The simulator as a network peer: raw WebSocket and HTTP clients, and the official SDK, on loopback."""
+"""The surfaces composed on one port: routing, lifecycle, the thread and the coroutine that run them, the exports."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+import importlib
+import socket
 
 import aiohttp
 import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.protocol import State
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from ingest.simulator.server import (
-    FAULTS,
-    HUGE_TEXT_SIZE,
-    MALFORMED_FRAMES,
-    SCENARIOS,
-    ConnectionRecord,
-    Scenario,
-    Simulator,
-    SimulatorThread,
-    scenario_from_name,
-)
-
-
-T = TypeVar("T")
-
-TEXT_INIT: dict[str, Any] = {
-    "type": "conversation_initiation_client_data",
-    "conversation_config_override": {"conversation": {"text_only": True}},
-}
-SDK_STYLE_INIT: dict[str, Any] = {
-    "type": "conversation_initiation_client_data",
-    "conversation_config_override": {"text_only": True},
-}
-AUDIO_INIT: dict[str, Any] = {"type": "conversation_initiation_client_data"}
-QUIET = Scenario(name="quiet", first_message=None, user_turns=[], extra_events=False, end="wait")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coroutine, 30))
-
-
-class Peer:
-    """A raw client that keeps every frame and answers pings unless told not to."""
-
-    def __init__(self, ws: ClientConnection, *, pong: bool) -> None:
-        self.ws = ws
-        self.pong = pong
-        self.frames: list[str | bytes] = []
-        self.messages: list[dict[str, Any]] = []
-
-    async def next(self, timeout: float = 5.0) -> str | bytes:
-        data = await asyncio.wait_for(self.ws.recv(), timeout)
-        self.frames.append(data)
-        message = parse(data)
-        if message is not None:
-            self.messages.append(message)
-            # Once the server's close frame is parsed, a send would wait for the
-            # TCP close, which a paused (full-queue) reader never sees.
-            if self.pong and message.get("type") == "ping" and self.ws.state is State.OPEN:
-                pong = {"type": "pong", "event_id": message["ping_event"]["event_id"]}
-                await self.ws.send(orjson.dumps(pong).decode())
-        return data
-
-    async def until(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-    ) -> dict[str, Any]:
-        """Read until a JSON object frame satisfies ``predicate``; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            message = parse(await self.next(max(0.0, deadline - time.monotonic())))
-            if message is not None and predicate(message):
-                return message
-
-    async def until_closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
-        """Read everything until the server closes; return the close code and reason received."""
-        deadline = time.monotonic() + timeout
-        with pytest.raises(ConnectionClosed):
-            while True:
-                await self.next(max(0.0, deadline - time.monotonic()))
-        return self.ws.close_code, self.ws.close_reason
-
-    @asynccontextmanager
-    async def pumping(self) -> AsyncIterator[None]:
-        """Keep reading (and answering pings) in the background while the body runs."""
-
-        async def pump() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await self.next(timeout=60)
-
-        task = asyncio.create_task(pump())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m.get("type") == kind]
-
-
-def parse(data: str | bytes) -> dict[str, Any] | None:
-    if isinstance(data, bytes):
-        return None
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def of_kind(kind: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda message: message.get("type") == kind
-
-
-@asynccontextmanager
-async def peer(
-    url: str, init: dict[str, Any] | None = TEXT_INIT, *, pong: bool = True
-) -> AsyncIterator[Peer]:
-    async with connect(url, max_size=16 * 1024 * 1024, open_timeout=5) as ws:
-        if init is not None:
-            await ws.send(orjson.dumps(init).decode())
-        yield Peer(ws, pong=pong)
-
-
-def only(sim: Simulator) -> ConnectionRecord:
-    assert len(sim.connections) == 1
-    return sim.connections[0]
-
-
-# -- the conversation --------------------------------------------------------------------
-
-
-def test_default_text_conversation() -> None:
-    """Metadata first, then the script in text mode (chat parts, no audio), the extras, close 1000."""
-
-    async def main() -> None:
-        async with Simulator() as sim:
-            async with peer(sim.conversation_url()) as p:
-                first = parse(await p.next())
-                code, _ = await p.until_closed()
-            record = only(sim)
-
-        assert first is not None and first["type"] == "conversation_initiation_metadata"
-        event = first["conversation_initiation_metadata_event"]
-        assert event["conversation_id"].startswith("conv_")
-        assert event["conversation_id"] == record.conversation_id
-        assert event["agent_output_audio_format"] == "pcm_16000"
-        assert code == 1000
-        assert (record.close_code, record.closed_by, record.http_status) == (1000, "server", 101)
-
-        kinds = {m["type"] for m in p.messages}
-        assert not kinds & {"audio", "user_message"}
-        assert {
-            "agent_chat_response_part",
-            "vad_score",
-            "interruption",
-            "agent_response_correction",
-            "context_usage",
-            "agent_tool_response",
-            "mcp_connection_status",
-            "simulator_future_event",
-        } <= kinds
-        finals = [m["user_transcription_event"] for m in p.of_type("user_transcript")]
-        assert [f["user_transcript"] for f in finals] == Scenario().user_turns
-        assert [f["event_id"] for f in finals] == [2, 3]
-        tentative = p.of_type("tentative_user_transcript")
-        assert [t["tentative_user_transcription_event"]["event_id"] for t in tentative] == [2, 3]
-        replies = [m["agent_response_event"]["agent_response"] for m in p.of_type("agent_response")]
-        assert replies == [Scenario().first_message] + [f"You said: {t}" for t in Scenario().user_turns]
-        parts = [
-            m["text_response_part"]
-            for m in p.of_type("agent_chat_response_part")
-            if m["text_response_part"]["event_id"] == 2
-        ]
-        assert [part["type"] for part in parts][0] == "start" and parts[-1]["type"] == "stop"
-        assert "".join(part["text"] for part in parts) == f"You said: {Scenario().user_turns[0]}"
-        assert record.frames_sent == len(p.frames)
-
-    run(main())
-
-
-def test_audio_mode_sends_audio_with_alignment() -> None:
-    """Without text_only, each agent reply is an agent_response plus audio frames; no chat parts."""
-
-    async def main() -> None:
-        async with Simulator(default=Scenario(user_turns=["hi"], extra_events=False)) as sim:
-            async with peer(sim.conversation_url(), AUDIO_INIT) as p:
-                await p.until_closed()
-            record = only(sim)
-        assert record.text_only is False
-        assert not p.of_type("agent_chat_response_part")
-        audio = [m["audio_event"] for m in p.of_type("audio")]
-        assert len(audio) == 6
-        assert {a["event_id"] for a in audio} == {1, 2}
-        assert all(a["audio_base_64"] and a["alignment"]["chars"] for a in audio)
-
-    run(main())
-
-
-def test_user_message_is_answered_never_echoed() -> None:
-    """A typed message gets "You said: …" (chat parts first) and never comes back as a transcript."""
-
-    async def main() -> None:
-        quiet = Scenario(name="quiet", first_message=None, user_turns=[], end="wait", idle_close_after=0.3)
-        async with Simulator(default=quiet) as sim:
-            async with peer(sim.conversation_url()) as p:
-                await p.until(of_kind("conversation_initiation_metadata"))
-                await p.ws.send('{"type":"user_message","text":"hello there"}')
-                await p.ws.send('{"type":"user_activity"}')
-                await p.ws.send('{"type":"contextual_update","text":"on the pricing page"}')
-                reply = await p.until(of_kind("agent_response"))
-                code, reason = await p.until_closed()
-            record = only(sim)
-        assert reply["agent_response_event"]["agent_response"] == "You said: hello there"
-        assert not p.of_type("user_transcript")
-        assert record.user_messages == ["hello there"]
-        assert record.user_activities == 1
-        assert record.contextual_updates == ["on the pricing page"]
-        assert (code, reason) == (1000, "inactivity timeout")
-
-    run(main())
-
-
-@pytest.mark.parametrize(("init", "placement"), [(TEXT_INIT, "conversation"), (SDK_STYLE_INIT, "top_level")])
-def test_both_text_only_placements_count(init: dict[str, Any], placement: str) -> None:
-    async def main() -> ConnectionRecord:
-        async with Simulator(default=Scenario(user_turns=["x"], extra_events=False)) as sim:
-            async with peer(sim.conversation_url(), init) as p:
-                await p.until_closed()
-            assert p.of_type("agent_chat_response_part") and not p.of_type("audio")
-            return only(sim)
-
-    record = run(main())
-    assert record.text_only is True
-    assert record.text_only_placement == placement
-    assert record.init == init
-
-
-# -- keepalive ---------------------------------------------------------------------------
-
-
-def test_pongs_are_recorded_and_ping_ms_follows() -> None:
-    async def main() -> None:
-        async with Simulator(default=QUIET, ping_interval=0.03, pong_deadline=1.0) as sim:
-            async with peer(sim.conversation_url()) as p, p.pumping():
-                await sim.wait_for(lambda s: len(s.connections[0].pongs) >= 3, 5)
-                pings = [m["ping_event"] for m in p.of_type("ping")]
-            await sim.wait_for(lambda s: only(s).closed, 5)
-            record = only(sim)
-        assert pings[0] == {"event_id": 1, "ping_ms": None}
-        assert isinstance(pings[1]["ping_ms"], int)
-        assert [event_id for event_id, _ in record.pongs][:3] == [1, 2, 3]
-        assert all(0 <= rtt < 1.0 for _, rtt in record.pongs)
-        assert (record.close_code, record.closed_by) == (1000, "client")
-
-    run(main())
-
-
-def test_missing_pong_closes_1002_within_the_deadline() -> None:
-    async def main() -> None:
-        async with Simulator(default=QUIET, ping_interval=0.05, pong_deadline=0.3) as sim:
-            async with peer(sim.conversation_url(), pong=False) as p:
-                await p.until(of_kind("conversation_initiation_metadata"))
-                started = time.monotonic()
-                code, reason = await p.until_closed(timeout=3)
-                elapsed = time.monotonic() - started
-            record = only(sim)
-        assert (code, reason) == (1002, "pong timeout")
-        assert 0.3 <= elapsed < 0.05 + 0.3 + 0.5
-        assert (record.close_code, record.close_reason, record.closed_by) == (1002, "pong timeout", "server")
-        assert record.pongs == []
-        assert record.pings_sent >= 1
-
-    run(main())
-
-
-# -- HTTP: signed URLs, refusals ---------------------------------------------------------
-
-
-def test_signed_url_flow() -> None:
-    async def main() -> None:
-        async with Simulator(api_key="sekrit", default=QUIET) as sim, aiohttp.ClientSession() as http:
-            endpoint = f"{sim.http_url}/v1/convai/conversation/get-signed-url"
-            async with http.get(endpoint, params={"agent_id": "agent_demo"}) as response:
-                assert response.status == 401
-                assert await response.json() == {
-                    "detail": {"status": "invalid_api_key", "message": "Invalid API key"}
-                }
-            async with http.get(
-                endpoint, params={"agent_id": "nope"}, headers={"xi-api-key": "sekrit"}
-            ) as response:
-                assert response.status == 404
-            async with http.get(
-                endpoint, params={"agent_id": "agent_demo"}, headers={"xi-api-key": "sekrit"}
-            ) as response:
-                assert response.status == 200
-                assert response.content_type == "application/json"
-                signed_url = (await response.json())["signed_url"]
-            assert signed_url.startswith(f"{sim.ws_url}/v1/convai/conversation?agent_id=agent_demo&")
-            assert "conversation_signature=" in signed_url
-            assert sim.signed_url_requests == 3
-
-            with pytest.raises(InvalidStatus) as unsigned:
-                await connect(sim.conversation_url())
-            assert unsigned.value.response.status_code == 403
-
-            async with peer(signed_url) as p:
-                await p.until(of_kind("conversation_initiation_metadata"))
-            with pytest.raises(InvalidStatus) as reused:
-                await connect(signed_url)
-            assert reused.value.response.status_code == 403
-
-            assert [c.http_status for c in sim.connections] == [403, 101, 403]
-            assert [c.refused for c in sim.connections] == [True, False, True]
-
-    run(main())
-
-
-def test_signed_url_expires() -> None:
-    async def main() -> None:
-        async with Simulator(api_key="k", signed_url_ttl=0.0) as sim, aiohttp.ClientSession() as http:
-            endpoint = f"{sim.http_url}/v1/convai/conversation/get-signed-url?agent_id=agent_demo"
-            async with http.get(endpoint, headers={"xi-api-key": "k"}) as response:
-                signed_url = (await response.json())["signed_url"]
-            with pytest.raises(InvalidStatus) as expired:
-                await connect(signed_url)
-            assert expired.value.response.status_code == 403
-
-    run(main())
+import ingest.simulator
+from ingest.simulator import AccountSpec, Simulator, SimulatorThread, run_simulator
+from tests.ingest.simulator.peer import QUIET, of_kind, only, peer, run
 
 
 def test_unknown_agent_and_paths_are_404() -> None:
@@ -360,154 +37,6 @@ def test_unknown_agent_and_paths_are_404() -> None:
     run(main())
 
 
-# -- faults ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("status", [503, 401, 403, 404])
-def test_http_fault_refuses_then_script_moves_on(status: int) -> None:
-    """A scripted refusal applies to one attempt; the next attempt gets the next scenario."""
-
-    async def main() -> None:
-        fault = f"http_{status}"
-        async with Simulator(script=[scenario_from_name(fault)], default=QUIET) as sim:
-            before = time.monotonic()
-            with pytest.raises(InvalidStatus) as refused:
-                await connect(sim.conversation_url())
-            assert refused.value.response.status_code == status
-            async with peer(sim.conversation_url()) as p:
-                await p.until(of_kind("conversation_initiation_metadata"))
-            first, second = sim.connections
-        assert (first.scenario, first.http_status, first.opened_at) == (fault, status, None)
-        assert before <= first.attempted_at <= second.attempted_at
-        assert (second.scenario, second.http_status) == ("quiet", 101)
-
-    run(main())
-
-
-def test_accept_close() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("accept_close")) as sim:
-            async with peer(sim.conversation_url(), init=None) as p:
-                code, _ = await p.until_closed()
-            record = only(sim)
-        assert code == 1000
-        assert p.frames == []
-        assert (record.close_code, record.closed_by, record.init, record.conversation_id) == (
-            1000,
-            "server",
-            None,
-            None,
-        )
-
-    run(main())
-
-
-def test_close_3000_before_metadata() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("close_3000")) as sim:
-            async with peer(sim.conversation_url(), init=None) as p:
-                assert await p.until_closed() == (3000, "Request error")
-        assert p.frames == []
-
-    run(main())
-
-
-@pytest.mark.parametrize(("fault", "code"), [("close_1011", 1011), ("close_1002", 1002)])
-def test_close_after_metadata(fault: str, code: int) -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name(fault)) as sim:
-            async with peer(sim.conversation_url()) as p:
-                received, _ = await p.until_closed()
-            record = only(sim)
-        assert received == code
-        assert [m["type"] for m in p.messages] == ["conversation_initiation_metadata"]
-        assert (record.close_code, record.closed_by) == (code, "server")
-
-    run(main())
-
-
-def test_override_error() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("override_error")) as sim:
-            async with peer(sim.conversation_url()) as p:
-                code, reason = await p.until_closed()
-        assert [m["type"] for m in p.messages] == ["error"]
-        event = p.messages[0]["error_event"]
-        assert (event["code"], event["error_type"]) == (1008, "override_error")
-        assert "text_only" in event["message"]
-        assert code == 1008 and reason == event["message"]
-
-    run(main())
-
-
-def test_drop_aborts_without_close_frame() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("drop")) as sim:
-            async with peer(sim.conversation_url()) as p:
-                with pytest.raises(ConnectionClosed) as closed:
-                    while True:
-                        await p.next()
-            await sim.wait_for(lambda s: only(s).closed, 5)
-            record = only(sim)
-        assert closed.value.rcvd is None  # no close frame: an abnormal 1006 closure
-        assert p.ws.close_code == 1006
-        kinds = [m["type"] for m in p.messages if m["type"] != "ping"]
-        assert kinds[0] == "conversation_initiation_metadata"
-        assert "agent_response" in kinds
-        assert kinds[-2:] == ["tentative_user_transcript", "user_transcript"]
-        assert (record.close_code, record.closed_by) == (1006, "server")
-
-    run(main())
-
-
-def test_malformed_frames_then_normal() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("malformed")) as sim:
-            async with peer(sim.conversation_url()) as p:
-                await p.until_closed()
-        assert p.frames[1 : 1 + len(MALFORMED_FRAMES)] == list(MALFORMED_FRAMES)
-        escaped = p.frames[4]
-        assert isinstance(escaped, str) and "\\u00e1 \\ud83d\\ude00" in escaped and escaped.isascii()
-        assert orjson.loads(escaped)["user_transcription_event"]["user_transcript"] == "Olá 😀"
-        assert "\n" in p.frames[3]
-        assert p.of_type("agent_response")  # and then the normal conversation
-        assert only(sim).close_code == 1000
-
-    run(main())
-
-
-def test_huge_frame_then_normal() -> None:
-    async def main() -> None:
-        async with Simulator(default=scenario_from_name("huge")) as sim:
-            async with peer(sim.conversation_url()) as p:
-                await p.until_closed(timeout=10)
-        huge = p.frames[1]
-        assert isinstance(huge, str) and len(huge) > HUGE_TEXT_SIZE
-        event = orjson.loads(huge)["user_transcription_event"]
-        assert len(event["user_transcript"]) == HUGE_TEXT_SIZE
-        assert p.of_type("agent_response")
-        assert only(sim).close_code == 1000
-
-    run(main())
-
-
-def test_flood() -> None:
-    async def main() -> None:
-        flood = Scenario(name="flood", flood=2000, flood_ping_every=500)
-        async with Simulator(default=flood, ping_interval=None) as sim:
-            async with peer(sim.conversation_url(), pong=False) as p:
-                code, _ = await p.until_closed()
-            record = only(sim)
-        assert code == 1000
-        transcripts = [m["user_transcription_event"] for m in p.of_type("user_transcript")]
-        assert transcripts == [{"user_transcript": f"flood {i}", "event_id": i} for i in range(1, 2001)]
-        assert [m["ping_event"]["event_id"] for m in p.of_type("ping")] == [1, 2, 3, 4]
-        assert record.pings_sent == 4
-        assert record.frames_sent == 1 + 2000 + 4
-
-    run(main())
-
-
 def test_stop_closes_open_connections_1001() -> None:
     async def main() -> None:
         sim = Simulator(default=QUIET)
@@ -522,24 +51,6 @@ def test_stop_closes_open_connections_1001() -> None:
     run(main())
 
 
-# -- presets and helpers -----------------------------------------------------------------
-
-
-def test_scenario_presets() -> None:
-    assert set(FAULTS) <= set(SCENARIOS)
-    assert {"normal", "wait", "flood", "silent"} <= set(SCENARIOS)
-    copy = scenario_from_name("normal")
-    copy.user_turns.append("mutated")
-    assert "mutated" not in SCENARIOS["normal"].user_turns
-    assert scenario_from_name("drop").fault == "drop"
-    with pytest.raises(ValueError, match="valid: .*http_503"):
-        scenario_from_name("explode")
-    with pytest.raises(ValueError):
-        Scenario(fault="explode")
-    with pytest.raises(ValueError):
-        Scenario(end="linger")  # type: ignore[arg-type]
-
-
 def test_wait_for_times_out() -> None:
     async def main() -> None:
         async with Simulator() as sim:
@@ -549,46 +60,112 @@ def test_wait_for_times_out() -> None:
     run(main())
 
 
-# -- the official SDK ----------------------------------------------------------------------
+def test_without_an_account_the_rest_and_monitor_paths_are_404() -> None:
+    async def main() -> None:
+        async with Simulator() as sim, aiohttp.ClientSession() as http:
+            for path in ("/v1/convai/conversations", "/v1/convai/conversations/conv_1"):
+                async with http.get(sim.http_url + path) as response:
+                    assert (response.status, await response.json()) == (404, {"detail": "Not Found"})
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(f"{sim.ws_url}/v1/convai/conversations/conv_1/monitor")
+            assert refused.value.response.status_code == 404
+            assert (sim.rest_requests, sim.monitors) == ([], [])
+
+    run(main())
 
 
-@pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("requires_auth", [False, True])
-def test_official_sdk_holds_a_text_conversation(requires_auth: bool) -> None:
-    """elevenlabs.Conversation without an audio interface talks text with the simulator."""
-    from elevenlabs.client import ElevenLabs
-    from elevenlabs.conversational_ai.conversation import Conversation
+def test_one_port_serves_the_signed_url_rest_and_both_sockets() -> None:
+    async def main() -> None:
+        spec = AccountSpec(conversations=3, in_progress=1, processing=0, live_turn_gap=0.01)
+        async with (
+            Simulator(api_key="k", account=spec, default=QUIET) as sim,
+            aiohttp.ClientSession() as http,
+        ):
+            headers = {"xi-api-key": "k"}
+            url = f"{sim.http_url}/v1/convai/conversation/get-signed-url?agent_id=agent_demo"
+            async with http.get(url, headers=headers) as response:
+                signed = (await response.json())["signed_url"]
+            async with http.get(f"{sim.http_url}/v1/convai/conversations", headers=headers) as response:
+                live = [c for c in (await response.json())["conversations"] if c["status"] == "in-progress"]
+            async with (
+                peer(signed) as agent,
+                peer(
+                    f"{sim.ws_url}/v1/convai/conversations/{live[0]['conversation_id']}/monitor",
+                    None,
+                    additional_headers=headers,
+                ) as monitor,
+            ):
+                await agent.until(of_kind("conversation_initiation_metadata"))
+                await monitor.until(of_kind("history_complete"))
+            assert {signed.split("/v1/")[0], sim.ws_url} == {sim.ws_url}
+            assert (len(sim.connections), len(sim.rest_requests), len(sim.monitors)) == (1, 1, 1)
 
-    replies: list[str] = []
-    answered = threading.Event()
+    run(main())
 
-    def on_agent_response(text: str) -> None:
-        replies.append(text)
-        if text == "You said: hello":
-            answered.set()
 
-    api_key = "sdk-key" if requires_auth else None
-    with SimulatorThread(default=QUIET, ping_interval=0.05, api_key=api_key) as st:
-        client = ElevenLabs(api_key=api_key or "x", base_url=st.http_url)
-        conversation: Any = Conversation(
-            client, "agent_demo", requires_auth=requires_auth, callback_agent_response=on_agent_response
-        )
-        conversation.start_session()
-        try:
-            # The SDK sends its init right after opening; it can send messages from then on.
-            st.wait_for(lambda s: bool(s.connections) and s.connections[0].init is not None, 5)
-            conversation.send_user_message("hello")
-            assert answered.wait(5), replies
-            st.wait_for(lambda s: len(s.connections[0].pongs) >= 1, 5)
-        finally:
-            conversation.end_session()
-            conversation_id = conversation.wait_for_session_end()
-        st.wait_for(lambda s: s.connections[0].closed, 5)
-        record = st.sim.connections[0]
+def test_a_busy_port_is_an_os_error_and_stop_twice_is_harmless() -> None:
+    async def main() -> None:
+        async with Simulator() as first:
+            with pytest.raises(OSError):
+                await Simulator(port=first.port).start()
+        await first.stop()
+        with pytest.raises(RuntimeError, match="not started"):
+            Simulator().port  # noqa: B018
 
-    assert conversation_id == record.conversation_id
-    assert record.text_only is True and record.text_only_placement == "top_level"
-    assert record.user_messages == ["hello"]
-    assert (record.close_code, record.closed_by) == (1000, "client")
-    assert st.sim.signed_url_requests == (1 if requires_auth else 0)
-    assert "source=python_sdk" in record.path
+    run(main())
+
+
+def test_the_thread_runs_the_simulator_for_synchronous_callers() -> None:
+    with SimulatorThread(default=QUIET) as st:
+        assert st.http_url == st.sim.http_url and st.ws_url.startswith("ws://127.0.0.1:")
+
+        async def hello() -> str:
+            async with peer(st.sim.conversation_url()) as p:
+                event = await p.until(of_kind("conversation_initiation_metadata"))
+            return str(event["conversation_initiation_metadata_event"]["conversation_id"])
+
+        conversation_id = asyncio.run(hello())
+        st.wait_for(lambda sim: bool(sim.connections) and sim.connections[0].closed, 5)
+        assert st.sim.connections[0].conversation_id == conversation_id
+        assert st.run(asyncio.sleep(0, result=7), timeout=5) == 7
+    with pytest.raises(RuntimeError, match="not running"):
+        st.run(asyncio.sleep(0))
+    with pytest.raises(TypeError):
+        SimulatorThread(Simulator(), port=1)
+
+
+def test_the_thread_reraises_a_failure_to_listen() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            SimulatorThread(port=taken.getsockname()[1]).start()
+
+
+def test_run_simulator_serves_until_stopped() -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        ready: list[Simulator] = []
+        serving = asyncio.ensure_future(run_simulator(on_ready=ready.append, stop=stop, ping_interval=None))
+        while not ready:
+            await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as http, http.get(f"{ready[0].http_url}/healthz") as response:
+            assert response.status == 200
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as http, http.get(f"{ready[0].http_url}/healthz"):
+                pass
+
+    run(main())
+
+
+def test_the_package_exports_its_public_api() -> None:
+    exported = set(ingest.simulator.__all__)
+    assert {"Simulator", "SimulatorThread", "Scenario", "AccountSpec", "DeliveryFactory"} <= exported
+    for name in exported:
+        assert getattr(ingest.simulator, name) is not None
+    for module in ("agent_socket", "rest", "monitor", "scenario", "server", "account", "webhook_sender"):
+        public = importlib.import_module(f"ingest.simulator.{module}").__all__
+        records = {n for n in public if n.endswith(("Record", "Fault")) or n in ("Simulator", "Scenario")}
+        assert records <= exported, module

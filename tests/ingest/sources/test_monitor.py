@@ -11,7 +11,7 @@ from ingest.errors import ConfigError
 from ingest.log.envelope import LogLine
 from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
-from ingest.simulator.server import AccountSpec, SimulatorThread
+from ingest.simulator import AccountSpec, SimulatorThread
 from ingest.sources.monitor import MonitorConfig, run_monitor
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ingest.sources.rest.test_backfill import AGENT, KEY

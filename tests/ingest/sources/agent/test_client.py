@@ -15,7 +15,7 @@ from ingest.errors import AuthError
 from ingest.log.envelope import LogLine
 from ingest.log.reader import iter_log
 from ingest.log.writer import events_dir
-from ingest.simulator.server import Scenario, Simulator
+from ingest.simulator import Scenario, Simulator
 from ingest.sources import AgentConfig, IngestSummary, LogSettings, ReconnectPolicy, run_agent, run_source
 from tests.conftest import TIMEOUT_FACTOR
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from cli.app import app
 from ingest.log.envelope import frame_bytes
 from ingest.log.writer import LogWriter
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 from tests.conftest import TIMEOUT_FACTOR, capture_command, listening_port, subprocess_env
 from tests.ingest.sources.relay.helpers import AGENT, KEY, RELAY_TOKEN, logged
 

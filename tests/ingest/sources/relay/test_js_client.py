@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
@@ -11,11 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from websockets.asyncio.server import serve
-from websockets.typing import Subprotocol
 
-from ingest.simulator import server as simulator_server
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 from ingest.sources.relay import RelayConfig
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ingest.sources.relay.helpers import AGENT, KEY, RELAY_TOKEN, RelayThread, logged
@@ -41,19 +37,6 @@ def js_client() -> Path:
     return JS / "conversation.mjs"
 
 
-@pytest.fixture
-def convai_subprotocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the simulator accept the JS client's ``convai`` subprotocol, as the platform does.
-
-    Node's WebSocket (undici) fails a handshake whose answer does not name one of the
-    subprotocols it offered; the simulator names none (yet), the relay passes on the platform's choice.
-    """
-    monkeypatch.setattr(
-        simulator_server, "serve", functools.partial(serve, subprotocols=[Subprotocol("convai")])
-    )
-
-
-@pytest.mark.usefixtures("convai_subprotocol")
 def test_the_js_client_holds_a_text_conversation_through_the_relay(data_dir: Path, js_client: Path) -> None:
     assert NODE is not None
     scenario = Scenario(name="js", first_message="Hi!", user_turns=[], extra_events=False, end="wait")

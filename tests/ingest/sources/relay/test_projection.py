@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from ingest.log.envelope import Origin
 from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter
-from ingest.simulator.server import Scenario, Simulator
+from ingest.simulator import Scenario, Simulator
 from projections.duckdb_views import open_analytics, run_query
 from projections.sqlite import iter_rows, project
 from tests.conftest import TIMEOUT_FACTOR

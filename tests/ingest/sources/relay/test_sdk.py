@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ingest.log.envelope import frame_bytes
-from ingest.simulator.server import Scenario, SimulatorThread
+from ingest.simulator import Scenario, SimulatorThread
 from ingest.sources.relay import RelayConfig
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ingest.sources.relay.helpers import AGENT, KEY, RELAY_TOKEN, RelayThread, logged

@@ -22,7 +22,7 @@ from websockets.http11 import Request, Response
 
 from ingest.errors import ConfigError
 from ingest.log.envelope import LogLine, frame_bytes
-from ingest.simulator.server import HUGE_TEXT_SIZE, Scenario, Simulator
+from ingest.simulator import HUGE_TEXT_SIZE, Scenario, Simulator
 from ingest.sources.relay import RelayConfig
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ingest.sources.relay.helpers import (

@@ -15,7 +15,7 @@ from ingest.log.envelope import LogLine, Origin
 from ingest.log.frames import inspect_frame
 from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
-from ingest.simulator.server import AccountSpec, RestFault, Simulator, SimulatorThread
+from ingest.simulator import AccountSpec, RestFault, Simulator, SimulatorThread
 from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
 
 

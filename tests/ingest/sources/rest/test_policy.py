@@ -12,7 +12,6 @@ import pytest
 from ingest.log.envelope import Origin, decode_line, encode_line
 from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter, events_dir
-from ingest.simulator.account import Account, AccountSpec, BadQuery
 from ingest.sources.rest.api import conversation_url, list_params, monitor_url, parse_page
 from ingest.sources.rest.captured import captured_conversation_id, scan_captured
 from ingest.sources.rest.policy import Action, Retries, RetryPolicy, Verdict, classify, parse_retry_after
@@ -152,52 +151,3 @@ def test_scan_captured_reads_from_where_it_stopped(tmp_path: Path) -> None:
         first.conversation_ids.discard("conv_1")  # a rescan from seq 2 must not find it again
         again = scan_captured(events_dir(tmp_path), first)
     assert again is first and (again.conversation_ids, again.last_seq) == ({"conv_2"}, 4)
-
-
-def test_sim_account_pages_are_stable_and_filtered() -> None:
-    spec = AccountSpec(conversations=23, other_agent_conversations=5, processing=2, in_progress=1, seed=3)
-    account = Account(spec)
-    assert Account(spec).conversations[0].conversation_id == account.conversations[0].conversation_id
-    ids: list[str] = []
-    cursor = None
-    first = True
-    while True:
-        page = orjson.loads(account.list_page(agent_id="agent_demo", cursor=cursor, page_size=5))
-        ids += [c["conversation_id"] for c in page["conversations"]]
-        if first:
-            # A conversation added mid-listing never shifts the pages that follow.
-            account.add()
-            first = False
-        if not page["has_more"]:
-            break
-        cursor = page["next_cursor"]
-    assert len(ids) == len(set(ids)) == 23
-    starts = [account[i].start_unix for i in ids]
-    assert starts == sorted(starts, reverse=True)
-    statuses = [account[i].status for i in ids]
-    assert statuses[:3] == ["in-progress", "processing", "processing"]
-    assert {"done", "failed"} <= set(statuses)
-    middle = account[ids[10]].start_unix
-    window = orjson.loads(account.list_page(agent_id="agent_demo", after_unix=middle, page_size=100))
-    assert len(window["conversations"]) == 11 + 1  # and the one added
-    with pytest.raises(BadQuery):
-        account.list_page(page_size=101)
-    with pytest.raises(BadQuery):
-        account.list_page(cursor="@@@")
-
-
-def test_sim_account_processing_becomes_done() -> None:
-    clock = [0.0]
-    account = Account(AccountSpec(conversations=4, processing=2, done_after_polls=2), clock=lambda: clock[0])
-    first = account.of_agent("agent_demo", "processing")[0].conversation_id
-    statuses = [orjson.loads(account.get(first) or b"")["status"] for _ in range(3)]
-    assert statuses == ["processing", "processing", "done"]
-    timed = Account(
-        AccountSpec(conversations=4, processing=1, done_after_polls=None, done_after_seconds=5),
-        clock=lambda: clock[0],
-    )
-    conversation_id = timed.of_agent("agent_demo", "processing")[0].conversation_id
-    assert orjson.loads(timed.get(conversation_id) or b"")["status"] == "processing"
-    clock[0] += 5
-    assert orjson.loads(timed.get(conversation_id) or b"")["status"] == "done"
-    assert account.get("conv_nope") is None

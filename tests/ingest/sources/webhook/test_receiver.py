@@ -20,7 +20,7 @@ from ingest.errors import ConfigError, LogWriteError
 from ingest.log.envelope import LogLine
 from ingest.log.reader import iter_log
 from ingest.log.writer import FsyncPolicy, LogWriter, events_dir
-from ingest.simulator.webhook_sender import (
+from ingest.simulator import (
     AUDIO,
     INITIATION_FAILURE,
     TRANSCRIPTION,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ingest.errors import CaptureError
-from ingest.simulator.webhook_sender import valid_header_variants
+from ingest.simulator import valid_header_variants
 from ingest.sources.webhook.signature import (
     MAX_AGE,
     MAX_FUTURE,
