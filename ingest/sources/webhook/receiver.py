@@ -23,16 +23,23 @@ and ids), :mod:`ingest.log.envelope` (the line). Per ``POST`` to the webhook pat
 
 Choices a caller should know:
 
-* Nothing a stranger sends costs more than reading and hashing it: an
-  unverified body is never parsed, never kept beyond ``max_body``, and a
-  connection is closed when it idles or trickles (``idle_timeout``,
-  ``body_timeout``, ``min_body_rate``), so a slow sender holds no connection
-  for long and no body stalls the event loop.
+* Nothing a stranger sends costs more than reading and hashing it, and no
+  stranger can crowd out a delivery: an unverified body is never parsed and
+  never kept beyond ``max_body``; unverified bodies together keep at most
+  ``max_unverified`` bytes (past it, those holding more than an even share
+  answer 503); past its first 64 KiB a body's pieces take turns with other
+  large bodies' (one piece hashed per pass of the event loop), so a hundred
+  large bodies at once cost a small delivery, and the other sources on the
+  loop, one piece's hashing per pass; and a connection is closed when it
+  idles or trickles (``idle_timeout``, ``body_timeout``, ``min_body_rate``).
 * The timestamp window is the official SDK's: older than 30 minutes is
   refused, any future timestamp accepted (``max_future`` sets a bound). A
   verified delivery signed more than 5 minutes away from the local clock logs
   a warning (at most one a minute): a clock is off.
-
+* A verified body is parsed (orjson) and encoded into its line on the event
+  loop: linear, about 10 ms per MiB of body. A worker thread would not help
+  (orjson and ``bytes.decode`` hold the GIL), and verified bodies come from
+  ElevenLabs, mostly a few kB to a few hundred.
 * ``post_call_audio`` (the conversation's MP3, megabytes of base64, sent as
   chunked HTTP) is verified over the streamed body and answered 200, but
   nothing of it is written to the log: capture never stores audio, and a line
@@ -116,6 +123,14 @@ DEFAULT_MIN_BODY_RATE = 4096
 # At most one clock-skew warning this often, in seconds.
 _SKEW_WARNING_EVERY = 60.0
 
+# The first bytes of every body are hashed as they come; past them, bodies
+# take turns: at most this many of their pieces are hashed per pass of the
+# event loop, however many large bodies arrive at once. So a stranger's
+# hundred bodies cost any other delivery (and the agent socket on the same
+# loop) a few pieces' hashing per pass, not a hundred.
+_UNQUEUED_BYTES = 64 * 1024
+_PIECES_PER_PASS = 1
+
 
 @dataclass(frozen=True)
 class WebhookConfig:
@@ -123,8 +138,9 @@ class WebhookConfig:
 
     Raises:
         ConfigError: the secret is empty, the path does not start with ``/``,
-            a size limit is below 1 byte, a timeout is not positive, or
-            ``max_future`` / ``min_body_rate`` is negative.
+            a size limit is below 1 byte (``max_unverified``: below
+            ``max_body``), a timeout is not positive, or ``max_future`` /
+            ``min_body_rate`` is negative.
 
     Attributes:
         secret: The webhook's HMAC secret (``ELEVENLABS_WEBHOOK_SECRET``).
@@ -150,6 +166,12 @@ class WebhookConfig:
             Then 408 and close. The default, 4 KiB/s, lets a 100 MB audio
             delivery take seven hours and makes a stranger holding a
             connection pay that bandwidth.
+        max_unverified: Bytes that bodies not yet verified may hold in memory
+            together (at least ``max_body``; ``None``: 4 × ``max_body``, 64 MiB
+            by default). Past it, a body holding more than an even share (this
+            divided by the bodies being received) is refused with 503: a
+            stranger's many large bodies give way, not a delivery's one, and
+            memory stays bounded however many connections arrive.
         shutdown_timeout: Seconds deliveries in flight get to finish on stop.
 
     """
@@ -165,7 +187,13 @@ class WebhookConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     min_body_rate: int = DEFAULT_MIN_BODY_RATE
+    max_unverified: int | None = None
     shutdown_timeout: float = 5.0
+
+    @property
+    def unverified_limit(self) -> int:
+        """``max_unverified``, or its default: 4 × ``max_body``."""
+        return self.max_unverified if self.max_unverified is not None else 4 * self.max_body
 
     def __post_init__(self) -> None:
         # An empty key is one anybody can sign with.
@@ -175,6 +203,8 @@ class WebhookConfig:
             raise ConfigError(f"the webhook path {self.path!r} must start with /")
         if self.max_body < 1 or self.max_audio_body < 1:
             raise ConfigError("the webhook body limits must be at least 1 byte")
+        if self.max_unverified is not None and self.max_unverified < self.max_body:
+            raise ConfigError("the webhook's max unverified bytes must be at least its max body")
         if not (self.max_age > 0 and self.idle_timeout > 0 and self.body_timeout > 0):
             raise ConfigError("the webhook's max age, idle timeout and body timeout must be positive")
         if (self.max_future is not None and self.max_future < 0) or self.min_body_rate < 0:
@@ -192,6 +222,8 @@ class WebhookStats:
         too_large: Deliveries refused with 413.
         timed_out: Requests answered 408: the body paused too long or
             arrived too slowly.
+        crowded: Requests answered 503: unverified bodies together held
+            ``max_unverified`` bytes and this one held more than its share.
         aborted: Requests whose body did not arrive whole.
         failed: Deliveries answered 500 because the log failed.
         bytes_stored: Body bytes of the stored deliveries.
@@ -203,6 +235,7 @@ class WebhookStats:
     rejected: dict[str, int] = field(default_factory=dict)
     too_large: int = 0
     timed_out: int = 0
+    crowded: int = 0
     aborted: int = 0
     failed: int = 0
     bytes_stored: int = 0
@@ -215,7 +248,7 @@ class WebhookStats:
         return (
             f"{self.stored} deliveries stored, {self.audio_skipped} audio deliveries not stored, "
             f"{self.rejected_total} refused (401), {self.too_large} too large (413), "
-            f"{self.timed_out} too slow (408)"
+            f"{self.timed_out} too slow (408), {self.crowded} crowded out (503)"
         )
 
 
@@ -292,6 +325,10 @@ class _TooSlow(Exception):
     """The body paused longer than ``body_timeout``, or fell under ``min_body_rate``."""
 
 
+class _Crowded(Exception):
+    """Unverified bodies hold ``max_unverified`` bytes together, and this one more than its share."""
+
+
 class WebhookReceiver:
     """The request handler: verify, store, fsync, acknowledge.
 
@@ -323,6 +360,9 @@ class WebhookReceiver:
         self._on_fatal = on_fatal
         self._commit = GroupCommit(writer)
         self._skew_warned_at: float | None = None
+        self._turns = asyncio.Semaphore(_PIECES_PER_PASS)
+        self._receiving = 0  # bodies being received
+        self._unverified = 0  # bytes they hold
 
     def application(self) -> web.Application:
         """Return an aiohttp application serving ``config.path``."""
@@ -350,7 +390,7 @@ class WebhookReceiver:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Answer one delivery: 200 once stored durably, 401, 408, 413, or 500 if the log failed."""
+        """Answer one delivery: 200 once stored durably, 401, 408, 413, 503, or 500 if the log failed."""
         if self.failure is not None:
             return _text(500, "the log is unusable; delivery not stored")
         try:
@@ -370,6 +410,7 @@ class WebhookReceiver:
             max_audio_body=self.config.max_audio_body,
             declared_size=declared,
         )
+        self._receiving += 1
         try:
             whole = await self._receive(request, body)
         except (ConnectionError, web.RequestPayloadError) as exc:
@@ -378,6 +419,11 @@ class WebhookReceiver:
             return _text(400, "body not received whole")
         except _TooSlow as exc:
             return self._too_slow(request, str(exc))
+        except _Crowded:
+            return self._crowded(request, body.held)
+        finally:
+            self._receiving -= 1
+            self._unverified -= body.held
         if not whole:
             return self._too_large(request, body.size)
         try:
@@ -397,6 +443,9 @@ class WebhookReceiver:
     async def _receive(self, request: web.Request, body: DeliveryBody) -> bool:
         """Feed the body to ``body`` as it arrives; False when it must be refused as too large.
 
+        Past its first bytes a body waits its turn (see ``_PIECES_PER_PASS``);
+        that wait is the receiver's, and never counts against the sender's pace.
+
         Raises:
             _TooSlow: a pause over ``body_timeout``, or under ``min_body_rate``
                 on average once ``body_timeout`` has passed.
@@ -405,11 +454,12 @@ class WebhookReceiver:
         loop = asyncio.get_running_loop()
         timeout, rate = self.config.body_timeout, self.config.min_body_rate
         started = last = loop.time()
+        queued = 0.0  # seconds spent waiting for a turn
         while True:
             deadline = last + timeout
             if rate:
                 # The latest moment at which body.size bytes still average ``rate``.
-                deadline = min(deadline, started + timeout + body.size / rate)
+                deadline = min(deadline, started + queued + timeout + body.size / rate)
             try:
                 async with asyncio.timeout_at(deadline):
                     piece = await request.content.readany()
@@ -417,9 +467,22 @@ class WebhookReceiver:
                 raise _TooSlow(f"{body.size} bytes in {loop.time() - started:.1f} s") from None
             if not piece:
                 return True
-            last = loop.time()
-            if not body.feed(piece):
+            held = body.held
+            if body.size < _UNQUEUED_BYTES:
+                whole = body.feed(piece)
+            else:
+                waiting = loop.time()
+                async with self._turns:
+                    whole = body.feed(piece)
+                    await asyncio.sleep(0)  # hold the turn over this pass of the loop
+                queued += loop.time() - waiting
+            self._unverified += body.held - held
+            if not whole:
                 return False
+            limit = self.config.unverified_limit
+            if self._unverified > limit and body.held * self._receiving > limit:
+                raise _Crowded
+            last = loop.time()
 
     def _check_skew(self, age: float) -> None:
         if abs(age) <= CLOCK_SKEW_WARNING:
@@ -492,6 +555,16 @@ class WebhookReceiver:
             f"or under {config.min_body_rate} bytes/s)"
         )
         return _cut_off(request, 408, "body too slow", why)
+
+    def _crowded(self, request: web.Request, held: int) -> web.StreamResponse:
+        self.stats.crowded += 1
+        why = (
+            f"unverified bodies hold over {self.config.unverified_limit} bytes together, "
+            f"and this one {held}, more than its share"
+        )
+        response = _cut_off(request, 503, "too many large bodies at once; try again later", why)
+        response.headers["Retry-After"] = "60"
+        return response
 
     def _fail(self, error: LogWriteError) -> None:
         self.stats.failed += 1
