@@ -376,7 +376,7 @@ class WebhookReceiver:
         A connection with no request in progress — just opened, between
         requests, or still sending its request line and headers — is closed
         ``config.idle_timeout`` seconds after it opened or was last answered.
-        After a refusal (413, 408) the rest of the body is not read: the
+        After a refusal (408, 413, 503) the rest of the body is not read: the
         connection is closed once the answer is sent.
 
         """
@@ -467,22 +467,26 @@ class WebhookReceiver:
                 raise _TooSlow(f"{body.size} bytes in {loop.time() - started:.1f} s") from None
             if not piece:
                 return True
-            held = body.held
             if body.size < _UNQUEUED_BYTES:
-                whole = body.feed(piece)
+                whole = self._feed(body, piece)
             else:
                 waiting = loop.time()
                 async with self._turns:
-                    whole = body.feed(piece)
+                    whole = self._feed(body, piece)
                     await asyncio.sleep(0)  # hold the turn over this pass of the loop
                 queued += loop.time() - waiting
-            self._unverified += body.held - held
             if not whole:
                 return False
             limit = self.config.unverified_limit
             if self._unverified > limit and body.held * self._receiving > limit:
                 raise _Crowded
             last = loop.time()
+
+    def _feed(self, body: DeliveryBody, piece: bytes) -> bool:
+        held = body.held
+        whole = body.feed(piece)
+        self._unverified += body.held - held  # with no await between: handle() subtracts body.held
+        return whole
 
     def _check_skew(self, age: float) -> None:
         if abs(age) <= CLOCK_SKEW_WARNING:
