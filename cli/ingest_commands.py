@@ -282,7 +282,7 @@ def register(app: typer.Typer) -> None:
         """Receive post-call webhooks: verify, append to the log, fsync, then answer 200.
 
         The HMAC secret comes from ELEVENLABS_WEBHOOK_SECRET, never from a flag.
-        Missing, malformed, stale (30 min), future (5 min) or wrong signature: 401.
+        Missing, malformed, stale (over 30 min) or wrong signature: 401 (a future one is accepted).
         Refused deliveries are never stored; a replayed delivery is stored again.
         post_call_audio is answered 200; its audio is never stored.
         Whatever --fsync, a 200 waits until the delivery is on stable storage

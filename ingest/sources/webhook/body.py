@@ -1,26 +1,43 @@
-"""What a webhook delivery's body says: its type and ids. Pure.
+"""A webhook delivery's body: received and authenticated before anyone looks at it. Pure.
 
-A receiver needs three fields of a delivery: the top-level ``type`` and
-``data.agent_id`` / ``data.conversation_id`` (for the log's envelope). A body
-that fits in memory is parsed whole (:func:`delivery_info`). A body too big to
-keep is a ``post_call_audio`` (megabytes of base64 MP3, sent as chunked HTTP)
-or junk: :class:`BodyScanner` reads it piece by piece, keeping only those three
-fields, so the receiver can answer the audio without storing it and refuse
-anything else with 413. :class:`DeliveryBody` applies that policy to a body
-as it arrives.
+:class:`DeliveryBody` takes the body as it arrives: it feeds the HMAC, counts,
+keeps what must be kept, and hands the content out only once the signature is
+verified (:meth:`DeliveryBody.verify`). Before that, nothing parses a byte:
+the one look at unverified bytes is :func:`names_audio` on the first few
+hundred, which decides how far an unverified body may be read (a
+``post_call_audio`` — megabytes of base64 MP3, sent as chunked HTTP — may be
+larger than any body that is stored).
+
+Once verified, a receiver needs three fields: the top-level ``type`` and
+``data.agent_id`` / ``data.conversation_id`` (for the log's envelope). A kept
+body is parsed whole (:func:`delivery_info` of the parsed object); an audio
+body, not kept, keeps its first bytes, which :class:`BodyScanner` reads.
 
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
+from ingest.sources.webhook.signature import SignatureHeader, check_digest
 
-__all__ = ["AUDIO_TYPE", "SNIFF_AFTER", "BodyScanner", "DeliveryBody", "DeliveryInfo", "delivery_info"]
+
+__all__ = [
+    "AUDIO_HEAD",
+    "AUDIO_TYPE",
+    "SNIFF_AFTER",
+    "AudioBody",
+    "BodyScanner",
+    "DeliveryBody",
+    "DeliveryInfo",
+    "delivery_info",
+    "names_audio",
+]
 
 #: The delivery type whose body (the conversation's audio) is never stored.
 AUDIO_TYPE: Final = "post_call_audio"
@@ -31,9 +48,22 @@ _WANTED: Final = {
     ("data", "conversation_id"): "conversation_id",
 }
 
-#: A body past this size is scanned for its type as it streams, so that an
-#: audio delivery stops being buffered early.
+#: Past this size (or ``max_body``, if smaller) a body whose first bytes name
+#: ``post_call_audio`` stops being kept: audio is never stored.
 SNIFF_AFTER: Final = 1024 * 1024
+
+#: The first bytes of an audio body kept (to name its ids once verified).
+AUDIO_HEAD: Final = 4096
+
+# How a post_call_audio body begins, as ElevenLabs writes it (``type`` is the
+# envelope's first key), blanks allowed. Bounded quantifiers over a bounded
+# window: constant time, whatever the bytes.
+_AUDIO_START = re.compile(
+    rb'[ \t\r\n]{0,64}\{[ \t\r\n]{0,64}"type"[ \t\r\n]{0,64}:[ \t\r\n]{0,64}"post_call_audio"'
+)
+_AUDIO_WINDOW: Final = 300
+
+_WANTED_DEPTH: Final = max(len(path) for path in _WANTED)
 
 # Longest key or wanted value kept; longer ones are treated as unknown.
 _MAX_TOKEN = 1024
@@ -67,6 +97,17 @@ def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def names_audio(head: bytes | bytearray) -> bool:
+    """Say whether a body's first bytes are those of a ``post_call_audio``: ``{"type":"post_call_audio"``.
+
+    Blanks are allowed around each token. Looks at no more than the first 300
+    bytes, in constant time: this is not parsing, and is safe on unverified
+    bytes. A body whose ``type`` is not its first key is not recognised.
+
+    """
+    return _AUDIO_START.match(head, 0, _AUDIO_WINDOW) is not None
+
+
 def delivery_info(message: dict[str, Any] | None) -> DeliveryInfo:
     """Return the fields of a parsed body (``None`` when it is not a JSON object)."""
     if message is None:
@@ -93,11 +134,14 @@ class _Array:
 class BodyScanner:
     """Find ``type``, ``data.agent_id`` and ``data.conversation_id`` in a JSON body fed in pieces.
 
-    Memory stays bounded whatever the body's size: only object keys and the
-    three wanted values (up to 1 KiB each) are kept. The scanner follows the
-    JSON structure (nesting, strings, escapes split across pieces) without
-    validating scalars, so a key nested elsewhere is never taken for a
-    top-level one.
+    Linear in the input: each byte is looked at a bounded number of times,
+    however deep the nesting. Memory holds the open containers (a few bytes
+    each), object keys and the three wanted values (up to 1 KiB each). The
+    scanner follows the JSON structure (nesting, strings, escapes split across
+    pieces) without validating scalars, so a key nested elsewhere is never
+    taken for a top-level one. Feed it verified bytes only, and a bounded
+    amount of them (the receiver gives it an audio body's first
+    :data:`AUDIO_HEAD` bytes).
 
     Call :meth:`feed` with each piece in order, then read :attr:`info` and
     :attr:`complete`.
@@ -185,6 +229,8 @@ class BodyScanner:
         top.key = key
 
     def _path(self) -> tuple[str, ...] | None:
+        if len(self._stack) > _WANTED_DEPTH:
+            return None  # nothing wanted lies that deep; and no walk down a deep stack
         keys: list[str] = []
         for container in self._stack:
             if not isinstance(container, _Object) or container.key is None:
@@ -244,72 +290,109 @@ class BodyScanner:
             top.key = None
 
 
+@dataclass(frozen=True, slots=True)
+class AudioBody:
+    """A verified ``post_call_audio`` body that was read but not kept.
+
+    Attributes:
+        head: Its first :data:`AUDIO_HEAD` bytes (or fewer).
+        size: Its size in bytes.
+
+    """
+
+    head: bytes
+    size: int
+
+    @property
+    def info(self) -> DeliveryInfo:
+        """The fields its first bytes show (the ids, when they come before the audio)."""
+        scanner = BodyScanner()
+        scanner.feed(self.head)
+        found = scanner.info
+        return DeliveryInfo(AUDIO_TYPE, found.agent_id, found.conversation_id)
+
+
 class DeliveryBody:
-    """Collect a delivery's body as it arrives: keep it, scan it, or refuse it.
+    """Take a delivery's body as it arrives: hash it, count it, keep it or not; look only once verified.
 
-    * A body up to ``max_body`` bytes is kept whole, unless it is a
-      ``post_call_audio``: past :data:`SNIFF_AFTER` bytes (or ``max_body`` if
-      smaller) the body is also scanned, and an audio body is dropped as soon
-      as its type is known.
-    * A body over ``max_body`` (declared or counted) is no longer kept; it is
-      read on only while it may still be an audio delivery, up to
-      ``max_audio_body``.
+    How far an unverified body is read, and what is kept of it:
 
-    Call :meth:`feed` with each piece; stop reading and refuse (413) when it
-    returns False. After the last piece call :meth:`finish`.
+    * up to ``max_body`` bytes are kept, to be stored once verified;
+    * a body whose first bytes name ``post_call_audio`` (:func:`names_audio`)
+      stops being kept past :data:`SNIFF_AFTER` bytes (or ``max_body``, if
+      smaller): only its first :data:`AUDIO_HEAD` bytes are; it is read on,
+      hashed, up to ``max_audio_body``;
+    * any other body over ``max_body`` is refused as soon as that is known:
+      at ``max_body`` bytes, or after its first bytes when its declared size
+      is already over.
+
+    Memory is bounded by ``max_body`` whatever the body; time is linear (the
+    HMAC, one copy of a kept body).
+
+    Call :meth:`feed` with each piece in order, and stop reading and refuse
+    (413) when it returns False. After the last piece, :meth:`verify` checks
+    the signature and only then gives the content.
 
     Args:
+        mac: The HMAC from :func:`~ingest.sources.webhook.signature.signer`,
+            for the signature's timestamp; nothing else must feed it.
         declared_size: The request's Content-Length, if any.
 
     """
 
-    def __init__(self, *, max_body: int, max_audio_body: int, declared_size: int | None = None) -> None:
+    def __init__(
+        self, mac: hmac.HMAC, *, max_body: int, max_audio_body: int, declared_size: int | None = None
+    ) -> None:
         self.max_body = max_body
         self.max_audio_body = max_audio_body
         self.size = 0
-        too_big = declared_size is not None and declared_size > max_body
-        self._kept: bytearray | None = None if too_big else bytearray()
-        self._scanner: BodyScanner | None = BodyScanner() if too_big else None
+        self._mac = mac
+        self._pieces: list[bytes] = []
+        self._head = bytearray()  # the first AUDIO_HEAD bytes
+        self._audio = False  # the first bytes name post_call_audio; nothing more is kept
+        self._decided = False  # names_audio has been asked
+        self._declared_over = declared_size is not None and declared_size > max_body
         self._sniff_after = min(SNIFF_AFTER, max_body)
+
+    @property
+    def held(self) -> int:
+        """Bytes of the body held in memory now."""
+        return len(self._head) if self._audio else self.size
 
     def feed(self, piece: bytes) -> bool:
         """Take the next piece; return False once the body must be refused as too large."""
+        self._mac.update(piece)
         self.size += len(piece)
-        kept, scanner = self._kept, self._scanner
-        if kept is not None:
-            kept += piece
-            if scanner is None and self.size > self._sniff_after:
-                scanner = self._scanner = BodyScanner()
-                scanner.feed(kept)
-            elif scanner is not None:
-                scanner.feed(piece)
-            if scanner is not None and (scanner.info.is_audio or self.size > self.max_body):
-                kept = self._kept = None  # audio is never kept; an oversized body cannot be
-        elif scanner is not None:
-            scanner.feed(piece)
-        if kept is not None:
-            return True
-        assert scanner is not None
-        # Read on only while the body may still be an audio delivery.
-        kind = scanner.info.type
-        return not (
-            scanner.malformed or self.size > self.max_audio_body or (kind is not None and kind != AUDIO_TYPE)
-        )
+        if len(self._head) < AUDIO_HEAD:
+            self._head += piece[: AUDIO_HEAD - len(self._head)]
+        if self._audio:
+            return self.size <= self.max_audio_body
+        self._pieces.append(piece)
+        if not self._decided and (
+            self.size > self._sniff_after or (self._declared_over and len(self._head) >= _AUDIO_WINDOW)
+        ):
+            self._decided = True
+            if names_audio(self._head):
+                self._audio = True
+                self._pieces = []
+                return self.size <= self.max_audio_body
+            if self._declared_over:
+                return False
+        return self.size <= self.max_body
 
-    def finish(self) -> bytes | DeliveryInfo | None:
-        """Say what the whole body turned out to be.
+    def verify(self, header: SignatureHeader) -> bytes | AudioBody:
+        """Check the signature over the whole body, then give what was kept.
 
         Returns:
-            The body's bytes when it was kept (it may still be an audio
-            delivery of at most ``max_body`` bytes); the fields of an audio
-            delivery that was not kept; or ``None`` when the body is too
-            large (answer 413).
+            The body's bytes when it was kept (at most ``max_body``; it may
+            still be a small ``post_call_audio``), else the :class:`AudioBody`
+            of an audio delivery that was read but not kept.
+
+        Raises:
+            SignatureError: ``mismatch``; nothing of the body was looked at.
 
         """
-        if self._kept is not None:
-            return bytes(self._kept)
-        scanner = self._scanner
-        assert scanner is not None
-        if scanner.complete and scanner.info.is_audio:
-            return scanner.info
-        return None
+        check_digest(header, self._mac.hexdigest())
+        if self._audio:
+            return AudioBody(bytes(self._head), self.size)
+        return b"".join(self._pieces)

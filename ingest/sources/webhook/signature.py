@@ -12,6 +12,11 @@ its body is read):
 3. feed the raw body, as it arrives, to :func:`signer`'s HMAC;
 4. :func:`check_digest` with the HMAC's ``hexdigest()``.
 
+The timestamp window is the official SDK's (``construct_event``): a delivery
+signed more than 30 minutes ago is refused, and one signed in the future is
+accepted (a receiver whose clock runs slow must not refuse every delivery,
+which ElevenLabs sends only once); a bound ahead is the caller's option.
+
 :func:`verify_signature` does all four over a body already in memory, and
 :func:`sign` builds a header (the simulator's side).
 
@@ -33,8 +38,8 @@ from ingest.errors import CaptureError
 
 
 __all__ = [
+    "CLOCK_SKEW_WARNING",
     "MAX_AGE",
-    "MAX_FUTURE",
     "REASONS",
     "SIGNATURE_HEADER",
     "SignatureError",
@@ -52,8 +57,9 @@ SIGNATURE_HEADER: Final = "ElevenLabs-Signature"
 #: Oldest accepted timestamp, in seconds before now (the SDKs' tolerance).
 MAX_AGE: Final = 30 * 60
 
-#: Furthest accepted timestamp, in seconds after now: clock skew, not more.
-MAX_FUTURE: Final = 5 * 60
+#: A verified delivery signed this many seconds away from now (either way)
+#: says a clock is off: worth a warning, not a refusal.
+CLOCK_SKEW_WARNING: Final = 5 * 60
 
 #: Every :attr:`SignatureError.reason`.
 REASONS: Final = frozenset(
@@ -142,14 +148,22 @@ def parse_signature_header(value: str | None) -> SignatureHeader:
 
 
 def check_timestamp(
-    header: SignatureHeader, now: float, *, max_age: float = MAX_AGE, max_future: float = MAX_FUTURE
-) -> None:
-    """Refuse a timestamp older than ``max_age`` or further ahead than ``max_future``.
+    header: SignatureHeader, now: float, *, max_age: float = MAX_AGE, max_future: float | None = None
+) -> float:
+    """Refuse a timestamp older than ``max_age`` or, if given, further ahead than ``max_future``.
 
-    Both bounds are inclusive: ``t == now - max_age`` is accepted.
+    Both bounds are inclusive: ``t == now - max_age`` is accepted. With the
+    defaults this is the official SDK's window: any future ``t`` passes.
 
     Args:
         now: The current Unix time in seconds (``time.time()``).
+        max_future: Seconds ahead of ``now`` still accepted; ``None`` for no
+            bound.
+
+    Returns:
+        The signature's age in seconds (negative when ``t`` is ahead of
+        ``now``), for a warning when it is over :data:`CLOCK_SKEW_WARNING`
+        either way.
 
     Raises:
         SignatureError: ``stale_timestamp`` or ``future_timestamp``.
@@ -160,10 +174,11 @@ def check_timestamp(
         raise SignatureError(
             "stale_timestamp", f"signature timestamp is {age:.0f} s old (limit {max_age:.0f} s)"
         )
-    if -age > max_future:
+    if max_future is not None and -age > max_future:
         raise SignatureError(
             "future_timestamp", f"signature timestamp is {-age:.0f} s ahead (limit {max_future:.0f} s)"
         )
+    return age
 
 
 def signer(secret: str | bytes, timestamp: int) -> hmac.HMAC:
@@ -203,7 +218,7 @@ def verify_signature(
     now: float,
     *,
     max_age: float = MAX_AGE,
-    max_future: float = MAX_FUTURE,
+    max_future: float | None = None,
 ) -> SignatureHeader:
     """Verify a delivery whose whole raw body is at hand.
 

@@ -1,4 +1,4 @@
-"""A delivery's type and ids, from a parsed body or a stream too big to keep. Plain values."""
+"""A delivery's body: hashed and bounded before it is verified, its type and ids after. Plain values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,21 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ingest.sources.webhook.body import SNIFF_AFTER, BodyScanner, DeliveryBody, DeliveryInfo, delivery_info
+from ingest.sources.webhook.body import (
+    AUDIO_HEAD,
+    SNIFF_AFTER,
+    AudioBody,
+    BodyScanner,
+    DeliveryBody,
+    DeliveryInfo,
+    delivery_info,
+    names_audio,
+)
+from ingest.sources.webhook.signature import SignatureError, SignatureHeader, sign, signer
+
+
+SECRET = "wsec_body_test"
+NOW = 1_800_000_000
 
 
 def scan(body: bytes, cuts: list[int] | None = None) -> BodyScanner:
@@ -129,6 +143,40 @@ def test_scanner_agrees_with_a_parser(payload: dict[str, Any], ascii_only: bool,
     assert scanner.info == delivery_info(payload)
 
 
+def test_deep_nesting_is_followed_past_the_wanted_depth() -> None:
+    """Keys deep inside are never wanted ones, however deep; the top-level ones after them still count."""
+    depth = 5000
+    body = b'{"data":' + b'{"type":' * depth + b'"x"' + b"}" * depth + b',"type":"post_call_audio"}'
+    scanner = scan(body, cuts=list(range(0, len(body), 999)))
+    assert scanner.complete
+    assert scanner.info == DeliveryInfo("post_call_audio", None, None)
+
+
+@pytest.mark.parametrize(
+    ("head", "audio"),
+    [
+        (b'{"type":"post_call_audio","data":{}}', True),
+        (b'  {\n  "type" : "post_call_audio",\n', True),
+        (b'{"type":"post_call_audio"', True),
+        (b'{"type":"post_call_transcription","data":{}}', False),
+        (b'{"data":{},"type":"post_call_audio"}', False),  # type not first: not recognised
+        (b'{"type":"post_call_audio_x"', False),
+        (b'["type","post_call_audio"]', False),
+        (b" " * 400 + b'{"type":"post_call_audio"', False),  # beyond the window
+        (b"", False),
+    ],
+)
+def test_names_audio_looks_only_at_the_first_bytes(head: bytes, audio: bool) -> None:
+    """Only the usual start of an audio body counts, within a bounded window."""
+    assert names_audio(head) is audio
+    assert names_audio(bytearray(head)) is audio
+
+
+def delivery(data: bytes, **limits: int) -> tuple[DeliveryBody, SignatureHeader]:
+    header = SignatureHeader(NOW, (sign(SECRET, NOW, data).split("v0=")[1],))
+    return DeliveryBody(signer(SECRET, NOW), **limits), header
+
+
 def feed_all(body: DeliveryBody, data: bytes, piece: int) -> bool:
     for start in range(0, len(data), piece):
         if not body.feed(data[start : start + piece]):
@@ -136,56 +184,107 @@ def feed_all(body: DeliveryBody, data: bytes, piece: int) -> bool:
     return True
 
 
-def test_a_small_body_is_kept_whole() -> None:
-    """A body within max_body is returned byte for byte."""
+def test_a_small_body_is_kept_whole_and_given_once_verified() -> None:
+    """A body within max_body is returned byte for byte by verify()."""
     data = b'{"type":"post_call_transcription","data":{}}'
-    body = DeliveryBody(max_body=1000, max_audio_body=10_000)
+    body, header = delivery(data, max_body=1000, max_audio_body=10_000)
     assert feed_all(body, data, 5)
-    assert body.finish() == data
+    assert body.verify(header) == data
 
 
-def test_a_large_transcription_is_refused_as_soon_as_its_type_is_known() -> None:
-    """Past max_body, a body whose type is not audio stops being read."""
-    data = orjson.dumps({"type": "post_call_transcription", "data": {"x": "y" * 5000}})
-    body = DeliveryBody(max_body=1000, max_audio_body=10**9)
+def test_nothing_is_given_without_a_valid_signature() -> None:
+    """A wrong signature, or a body changed by one byte, is a mismatch: the content never comes out."""
+    data = b'{"type":"post_call_transcription","data":{}}'
+    body, _ = delivery(data, max_body=1000, max_audio_body=10_000)
+    assert feed_all(body, data, 7)
+    with pytest.raises(SignatureError) as info:
+        body.verify(SignatureHeader(NOW, ("00" * 32,)))
+    assert info.value.reason == "mismatch"
+    body, header = delivery(data, max_body=1000, max_audio_body=10_000)
+    assert feed_all(body, data.replace(b"{}", b"[]"), 7)
+    with pytest.raises(SignatureError):
+        body.verify(header)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_an_oversized_body_that_is_not_audio_is_refused_at_max_body(declared: bool) -> None:
+    """Unverified, a body over max_body is not read on (at once when its declared size is over)."""
+    data = b"[" * 5000  # would be deep nesting to a parser; nothing parses it
+    body = DeliveryBody(
+        signer(SECRET, NOW),
+        max_body=1000,
+        max_audio_body=10**9,
+        declared_size=len(data) if declared else None,
+    )
     assert not feed_all(body, data, 100)
-    assert body.size <= 1100
-
-
-def test_a_declared_large_body_is_scanned_from_the_start() -> None:
-    """A Content-Length over max_body: refused at the first piece that shows its type."""
-    data = orjson.dumps({"type": "call_initiation_failure", "data": {"x": "y" * 5000}})
-    body = DeliveryBody(max_body=1000, max_audio_body=10**9, declared_size=len(data))
-    assert not body.feed(data[:100])
+    assert body.size == (300 if declared else 1100)
+    assert body.held <= 1100
 
 
 def test_a_large_audio_body_is_read_but_not_kept() -> None:
-    """An audio body over max_body is read to the end and only its fields kept."""
+    """An audio body over max_body is hashed to its end, only its head kept; once verified it names its ids."""
     data = audio_body(b"\x01" * 50_000)
-    body = DeliveryBody(max_body=1000, max_audio_body=10**6)
+    body, header = delivery(data, max_body=1000, max_audio_body=10**6)
     assert feed_all(body, data, 999)
-    assert body.finish() == DeliveryInfo("post_call_audio", "agent_á", "conv_1")
-    assert body._kept is None
+    assert body.held <= AUDIO_HEAD
+    result = body.verify(header)
+    assert isinstance(result, AudioBody)
+    assert result.size == len(data)
+    assert result.info == DeliveryInfo("post_call_audio", "agent_á", "conv_1")
 
 
 def test_an_audio_body_is_dropped_once_past_the_sniff_size() -> None:
-    """Under max_body, an audio body stops being buffered after SNIFF_AFTER bytes."""
+    """Under max_body, an audio body stops being held after SNIFF_AFTER bytes."""
     data = audio_body(b"\x01" * (SNIFF_AFTER + 1000))
-    body = DeliveryBody(max_body=64 * SNIFF_AFTER, max_audio_body=10**9)
+    body, header = delivery(data, max_body=64 * SNIFF_AFTER, max_audio_body=10**9)
     assert feed_all(body, data, 64 * 1024)
-    assert isinstance(body.finish(), DeliveryInfo)
+    assert body.held <= AUDIO_HEAD
+    assert isinstance(body.verify(header), AudioBody)
+
+
+def test_a_small_audio_body_whose_type_comes_last_is_kept() -> None:
+    """Under SNIFF_AFTER any audio body is kept whole; its parse, once verified, says it is audio."""
+    data = audio_body(b"\x01" * 3000, order="type-last")
+    body, header = delivery(data, max_body=10**6, max_audio_body=10**9)
+    assert feed_all(body, data, 1000)
+    assert body.verify(header) == data
+
+
+def test_a_large_audio_body_whose_type_comes_last_is_too_large() -> None:
+    """Past max_body only the usual start counts: a type named later is not looked for."""
+    data = audio_body(b"\x01" * 50_000, order="type-last")
+    body, _ = delivery(data, max_body=1000, max_audio_body=10**6)
+    assert not feed_all(body, data, 1000)
 
 
 def test_audio_over_max_audio_body_is_refused() -> None:
     """Even audio stops at max_audio_body."""
     data = audio_body(b"\x01" * 50_000)
-    body = DeliveryBody(max_body=1000, max_audio_body=20_000)
+    body, _ = delivery(data, max_body=1000, max_audio_body=20_000)
     assert not feed_all(body, data, 1000)
+    assert body.size <= 21_000
 
 
-def test_an_oversized_body_of_unknown_type_ends_too_large() -> None:
-    """A body over max_body that never shows a type is too large at the end."""
-    data = orjson.dumps({"data": {"x": "y" * 5000}})
-    body = DeliveryBody(max_body=1000, max_audio_body=10**6)
-    assert feed_all(body, data, 1000)
-    assert body.finish() is None
+@settings(max_examples=50)
+@given(
+    data=st.binary(max_size=3000),
+    audio=st.booleans(),
+    piece=st.integers(min_value=1, max_value=700),
+    max_body=st.integers(min_value=1, max_value=2500),
+)
+def test_memory_never_exceeds_max_body_and_the_hash_covers_every_byte(
+    data: bytes, audio: bool, piece: int, max_body: int
+) -> None:
+    """Whatever arrives: held bytes stay within max_body (plus one piece), and a kept body is exact."""
+    if audio:
+        data = b'{"type":"post_call_audio",' + data
+    body, header = delivery(data, max_body=max_body, max_audio_body=10**6)
+    whole = True
+    for start in range(0, len(data), piece):
+        whole = body.feed(data[start : start + piece])
+        assert body.held <= max(max_body, AUDIO_HEAD) + piece
+        if not whole:
+            break
+    if whole:
+        result = body.verify(header)
+        assert result == data or isinstance(result, AudioBody)
