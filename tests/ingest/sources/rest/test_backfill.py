@@ -17,6 +17,7 @@ from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
 from ingest.simulator import AccountSpec, RestFault, Simulator, SimulatorThread
 from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
+from ingest.sources.rest.policy import RetryPolicy
 
 
 KEY = "sk_simulated_key_0123456789"
@@ -154,12 +155,46 @@ def test_concurrency_bound_is_never_exceeded(simulator: SimulatorThread, data_di
     assert simulator.sim.rest_throttled == 0
 
 
-@account(conversations=40, processing=0, rest_latency=0.02, rest_max_concurrency=2)
-def test_too_many_concurrent_requests_waits_for_a_slot(simulator: SimulatorThread, data_dir: Path) -> None:
-    report = backfill_in_process(simulator, data_dir, concurrency=4)
-    assert report.throttled == simulator.sim.rest_throttled > 0
-    assert (report.logged, report.errors) == (40, 0)
+@pytest.mark.parametrize(
+    ("simulator", "concurrency"),
+    [
+        (
+            {
+                "account": AccountSpec(conversations=40, processing=0),
+                "rest_latency": 0.02,
+                "rest_max_concurrency": 2,
+            },
+            4,
+        ),
+        (
+            {
+                "account": AccountSpec(conversations=150, processing=0),
+                "rest_latency": 0.01,
+                "rest_max_concurrency": 3,
+            },
+            12,
+        ),
+    ],
+    indirect=["simulator"],
+)
+def test_too_many_concurrent_requests_teaches_the_limit(
+    simulator: SimulatorThread, data_dir: Path, concurrency: int
+) -> None:
+    sim = simulator.sim
+    limit = sim.rest.max_concurrency
+    assert limit is not None and sim.account is not None
+    report = backfill_in_process(simulator, data_dir, concurrency=concurrency)
+    assert (report.logged, report.errors) == (sim.account.spec.conversations, 0)
     assert Counter(line.conversation_id for line in rest_lines(data_dir)) == Counter(finished(simulator))
+    # Every 429 is counted, the last one included.
+    assert report.throttled == sim.rest_throttled > 0
+    # The first burst above the limit is refused, then a probe now and then;
+    # not a retry for every 429 that comes back.
+    refused = Counter(r.conversation_id for r in sim.rest_requests if r.status == 429)
+    assert sum(refused.values()) <= (concurrency - limit) + 4, refused
+    assert max(refused.values()) <= 2, refused  # nobody starves
+    # Only refused requests ever went above the limit.
+    assert sim.rest_max_in_flight <= limit + 1
 
 
 @account(conversations=8, processing=0)
@@ -201,6 +236,25 @@ def test_429_variants_and_retry_after(simulator: SimulatorThread, data_dir: Path
     assert busy.answered_at is not None
     # system_busy holds every request back, not only the one that got it.
     assert not [r for r in requests if busy.answered_at + 0.1 < r.arrived_at < busy.answered_at + 0.95]
+
+
+@account(conversations=6, processing=0)
+def test_system_busy_backs_off_at_least_the_floor(simulator: SimulatorThread, data_dir: Path) -> None:
+    sim = simulator.sim
+    simulator.run(_append_fault(sim, RestFault("system_busy", on="get")))
+    simulator.run(_append_fault(sim, RestFault("system_busy", retry_after=0.1, on="get")))
+    # The first backoff of a jittered series can be near zero; a short initial delay makes it so.
+    retry = RetryPolicy(initial_delay=0.01)  # and the default floor, 0.5 s
+    report = backfill_in_process(simulator, data_dir, concurrency=1, retry=retry)
+    assert (report.logged, report.errors, report.throttled) == (6, 0, 2)
+    busy = [r for r in sim.rest_requests if r.detail_status == "system_busy"]
+    assert len(busy) == 2
+    for record in busy:
+        retried = next(
+            r for r in sim.rest_requests[record.index :] if r.conversation_id == record.conversation_id
+        )
+        assert record.answered_at is not None
+        assert retried.arrived_at - record.answered_at >= 0.5, record
 
 
 # -- refusals --------------------------------------------------------------------------------
