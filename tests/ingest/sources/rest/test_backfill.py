@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ingest.errors import AuthError
@@ -16,8 +17,10 @@ from ingest.log.frames import inspect_frame
 from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
 from ingest.simulator import AccountSpec, RestFault, Simulator, SimulatorThread
+from ingest.simulator.webhook_sender import TRANSCRIPTION, TRANSCRIPTION_OTEL, DeliveryFactory
 from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
 from ingest.sources.rest.policy import RetryPolicy
+from tests.ingest.sources.webhook.test_receiver import SECRET, receiving
 
 
 KEY = "sk_simulated_key_0123456789"
@@ -81,16 +84,59 @@ def test_rerun_logs_nothing_new_and_refresh_fetches_again(simulator: SimulatorTh
 
 
 @account(conversations=12, processing=0, rest_latency=0.002)
-def test_a_webhook_transcription_counts_as_captured(simulator: SimulatorThread, data_dir: Path) -> None:
-    by_webhook = finished(simulator)[3]
-    with LogWriter.open(data_dir) as writer:
-        delivery = '{"type":"post_call_transcription","event_timestamp":1,"data":{"conversation_id":"%s"}}'
-        writer.append(Origin("webhook", "in", AGENT, None, None), inspect_frame(delivery % by_webhook))
+def test_only_a_webhook_with_the_transcript_counts_as_captured(
+    simulator: SimulatorThread, data_dir: Path
+) -> None:
+    sim = simulator.sim
+    assert sim.account is not None
+    complete, excluded, otel = finished(simulator)[3:6]
+    factory = DeliveryFactory(SECRET)
+
+    async def record(conversation_id: str) -> dict[str, Any]:
+        assert sim.account is not None
+        body: dict[str, Any] = orjson.loads(sim.account.body(conversation_id))
+        return body
+
+    deliveries = [
+        factory.transcription(data=simulator.run(record(complete))),
+        # Sent by an agent with the "exclude transcript" webhook option: no data.transcript.
+        factory.transcription(data=simulator.run(record(excluded)), exclude_transcript=True),
+        factory.transcription_otel(conversation=sim.account[otel]),
+    ]
+
+    async def deliver() -> None:
+        async with receiving(data_dir) as receiver:
+            assert [await receiver.post(d) for d in deliveries] == [200, 200, 200]
+
+    asyncio.run(deliver())
+    logged = [line for line in iter_log(events_dir(data_dir)) if line.source == "webhook"]
+    assert [line.type for line in logged] == [TRANSCRIPTION, TRANSCRIPTION, TRANSCRIPTION_OTEL]
+
     report = backfill_in_process(simulator, data_dir)
     assert (report.already_captured, report.logged) == (1, 11)
-    fetched = {r.conversation_id for r in simulator.sim.rest_requests if r.kind == "get"}
-    assert by_webhook not in fetched
-    assert len(fetched) == 11
+    fetched = Counter(r.conversation_id for r in sim.rest_requests if r.kind == "get")
+    assert complete not in fetched
+    assert fetched[excluded] == fetched[otel] == 1
+    assert {line.conversation_id for line in rest_lines(data_dir)} == set(finished(simulator)) - {complete}
+
+
+@account(conversations=4, processing=0)
+def test_a_rest_line_without_a_transcript_is_fetched_again(
+    simulator: SimulatorThread, data_dir: Path
+) -> None:
+    bare, whole = finished(simulator)[1:3]
+    with LogWriter.open(data_dir) as writer:
+        for conversation_id, body in [
+            (bare, {"conversation_id": bare, "status": "done"}),
+            (whole, {"conversation_id": whole, "status": "done", "transcript": []}),
+        ]:
+            writer.append(
+                Origin("rest", "in", AGENT, None, conversation_id), inspect_frame(orjson.dumps(body).decode())
+            )
+    report = backfill_in_process(simulator, data_dir)
+    assert (report.already_captured, report.logged) == (1, 3)
+    fetched = Counter(r.conversation_id for r in simulator.sim.rest_requests if r.kind == "get")
+    assert fetched[bare] == 1 and whole not in fetched
 
 
 BASE = 1_767_225_600  # 2026-01-01T00:00:00Z

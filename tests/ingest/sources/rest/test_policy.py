@@ -218,27 +218,55 @@ def line(source: str, frame: str, conversation_id: str | None = None):  # type: 
 
 
 def test_captured_rule() -> None:
-    transcription = '{"type":"post_call_transcription","data":{"conversation_id":"conv_w"}}'
+    transcription = '{"type":"post_call_transcription","data":{"conversation_id":"conv_w","transcript":[]}}'
     assert captured_conversation_id(line("webhook", transcription)) == "conv_w"
-    pretty = '{\n "type": "post_call_transcription",\n "data": {"conversation_id": "conv_p"}\n}'
+    pretty = '{\n "type": "post_call_transcription",\n "data": {"conversation_id": "conv_p", "transcript": [\n]}\n}'
     assert captured_conversation_id(line("webhook", pretty)) == "conv_p"
     audio = '{"type":"post_call_audio","data":{"conversation_id":"conv_a"}}'
     assert captured_conversation_id(line("webhook", audio)) is None
-    assert captured_conversation_id(line("rest", '{"status":"done"}', "conv_r")) == "conv_r"
-    assert captured_conversation_id(line("rest", '{"conversation_id":"conv_b"}')) == "conv_b"
+    assert captured_conversation_id(line("rest", '{"status":"done","transcript":[]}', "conv_r")) == "conv_r"
+    assert captured_conversation_id(line("rest", '{"conversation_id":"conv_b","transcript":[]}')) == "conv_b"
     assert captured_conversation_id(line("monitor", '{"type":"user_transcript"}', "conv_m")) is None
     assert captured_conversation_id(line("agent_ws", '{"type":"user_transcript"}', "conv_m")) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "frame"),
+    [
+        # The agent's "exclude transcript" webhook option.
+        ("webhook", '{"type":"post_call_transcription","data":{"conversation_id":"conv_x","status":"done"}}'),
+        (
+            "webhook",
+            '{"type":"post_call_transcription","data":{"conversation_id":"conv_x","transcript":null}}',
+        ),
+        # The OpenTelemetry format: spans, no transcript list.
+        (
+            "webhook",
+            '{"type":"post_call_transcription_otel","data":{"conversation_id":"conv_x","otlp_traces":{}}}',
+        ),
+        (
+            "webhook",
+            '{"type":"post_call_transcription_otel","data":{"conversation_id":"conv_x","transcript":[]}}',
+        ),
+        ("webhook", "not json"),
+        ("rest", '{"conversation_id":"conv_x","status":"done"}'),
+        ("rest", '{"conversation_id":"conv_x","status":"done","transcript":"none"}'),
+        ("rest", "[]"),
+    ],
+)
+def test_a_record_without_its_transcript_captures_nothing(source: str, frame: str) -> None:
+    assert captured_conversation_id(line(source, frame, "conv_x")) is None
 
 
 def test_scan_captured_reads_from_where_it_stopped(tmp_path: Path) -> None:
     chatter = inspect_frame('{"type":"user_transcript","user_transcription_event":{"event_id":1}}')
     with LogWriter.open(tmp_path) as writer:
         writer.append(Origin("agent_ws", "in", "a", "c", "conv_ws"), chatter)
-        writer.append(Origin("rest", "in", "a", None, "conv_1"), inspect_frame('{"status":"done"}'))
+        writer.append(Origin("rest", "in", "a", None, "conv_1"), inspect_frame('{"transcript":[]}'))
         first = scan_captured(events_dir(tmp_path))
         assert (first.conversation_ids, first.last_seq) == ({"conv_1"}, 2)
         writer.append(Origin("monitor", "in", "a", "m", "conv_live"), chatter)
-        delivery = '{"type":"post_call_transcription","data":{"conversation_id":"conv_2"}}'
+        delivery = '{"type":"post_call_transcription","data":{"conversation_id":"conv_2","transcript":[]}}'
         writer.append(Origin("webhook", "in", "a", None, None), inspect_frame(delivery))
         first.conversation_ids.discard("conv_1")  # a rescan from seq 2 must not find it again
         again = scan_captured(events_dir(tmp_path), first)
