@@ -10,9 +10,11 @@ line, else kept as ``raw``). List pages and unfinished conversations are not
 logged.
 
 The log is the only state. At start the log is scanned once
-(:func:`~ingest.sources.rest.captured.scan_captured`) for conversations already captured —
-by an earlier backfill, or by a ``post_call_transcription`` webhook — and
-those are not fetched again unless ``refresh``. An interrupted backfill
+(:func:`~ingest.sources.rest.captured.scan_captured`) for conversations already captured
+with their transcript — by an earlier backfill, or by a ``post_call_transcription``
+webhook that holds one — and those are not fetched again unless ``refresh``.
+A conversation is fetched at most once per run, even when its body had no
+transcript (it is logged as received, and asked again by the next run). An interrupted backfill
 therefore continues where it stopped: listing again costs one request per 100
 conversations, while the fetches already done are skipped. No second file can
 disagree with the log, and nothing is lost between an append and a checkpoint.
@@ -44,7 +46,7 @@ from ingest.log.envelope import Origin
 from ingest.log.frames import Frame, inspect_frame
 from ingest.log.writer import LogWriter, events_dir
 from ingest.sources.rest.api import FINISHED, Page, conversation_url, list_params, list_url, parse_page
-from ingest.sources.rest.captured import Captured, scan_captured
+from ingest.sources.rest.captured import Captured, holds_transcript, scan_captured
 from ingest.sources.rest.client import RestClient, RestResult, open_session
 from ingest.sources.rest.policy import RetryPolicy
 
@@ -210,7 +212,7 @@ class _Backfill:
         self.progress = progress
         self.report = BackfillReport()
         self.captured = Captured()
-        self.fetched: set[str] = set()  # with refresh: fetched by this run, never twice
+        self.fetched: set[str] = set()  # logged by this run: never fetched twice
         self.pending: dict[str, str] = {}  # id -> _UNFINISHED | _ERROR
 
     async def run(self, stop: asyncio.Event) -> BackfillReport:
@@ -398,11 +400,19 @@ class _Backfill:
             body_id if isinstance(body_id, str) else conversation_id,
         )
         self.writer.append(origin, frame, result.received_at)
-        for captured_id in {conversation_id, origin.conversation_id}:
-            assert captured_id is not None
-            self.captured.conversation_ids.add(captured_id)
-            if self.config.refresh:
-                self.fetched.add(captured_id)
+        complete = holds_transcript(message)
+        if not complete:
+            log.warning(
+                "conversation %s is %s but its body has no transcript: logged as received, "
+                "and asked again by the next run",
+                conversation_id,
+                status,
+            )
+        for logged_id in {conversation_id, origin.conversation_id}:
+            assert logged_id is not None
+            self.fetched.add(logged_id)
+            if complete:
+                self.captured.conversation_ids.add(logged_id)
         self.pending.pop(conversation_id, None)
         self.report.logged += 1
         if status == "done":
@@ -411,9 +421,9 @@ class _Backfill:
             self.report.failed += 1
 
     def _captured(self, conversation_id: str) -> bool:
-        if self.config.refresh:
-            return conversation_id in self.fetched
-        return conversation_id in self.captured.conversation_ids
+        if conversation_id in self.fetched:
+            return True
+        return not self.config.refresh and conversation_id in self.captured.conversation_ids
 
     # -- one-shot: ask again for what was not finished ---------------------------------
 

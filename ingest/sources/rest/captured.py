@@ -1,11 +1,19 @@
 """Which conversations the log already holds in full: the backfill's only state.
 
-A conversation is captured when the log has a line with its whole record:
+A conversation is captured when the log has a line with its whole record,
+transcript included (``transcript`` is a list, possibly empty):
 
-* a ``rest`` line (a fetched ``done`` or ``failed`` conversation), or
-* a ``webhook`` line holding a ``post_call_transcription`` delivery.
+* a ``rest`` line (a fetched ``done`` or ``failed`` conversation) with one, or
+* a ``webhook`` line holding a ``post_call_transcription`` delivery with one.
 
-:func:`captured_conversation_id` is the pure rule for one line;
+A ``post_call_transcription`` sent with the agent's "exclude transcript"
+option has no ``data.transcript``, and a ``post_call_transcription_otel``
+delivery carries the conversation as OpenTelemetry spans: both are logged like
+any delivery, and neither hides a conversation from the backfill, which fetches
+its transcript.
+
+:func:`captured_conversation_id` is the pure rule for one line, and
+:func:`holds_transcript` its test of a body;
 :func:`scan_captured` applies it to the log from any seq. The scan is
 streaming and skips, by a byte test on the envelope's head, every line of
 another source before decoding it, so a log of mostly agent-socket frames is
@@ -26,7 +34,7 @@ from ingest.log.reader import open_segment
 from ingest.log.segments import first_seq_of, list_segments
 
 
-__all__ = ["Captured", "captured_conversation_id", "scan_captured"]
+__all__ = ["Captured", "captured_conversation_id", "holds_transcript", "scan_captured"]
 
 _SEQ_PREFIX = b'{"seq":'
 # The envelope's fields come in a fixed order (seq, received_at, source, …), so
@@ -34,19 +42,29 @@ _SEQ_PREFIX = b'{"seq":'
 _HEAD = 128
 _SOURCE_KEY = b'"source":"'
 _SOURCES = (b'rest"', b'webhook"')
+TRANSCRIPTION = "post_call_transcription"
+
+
+def holds_transcript(record: object) -> bool:
+    """Whether a conversation record (a GET body, a delivery's ``data``) holds its transcript."""
+    return isinstance(record, dict) and isinstance(record.get("transcript"), list)
 
 
 def captured_conversation_id(line: LogLine) -> str | None:
     """Return the conversation a line captures in full, or ``None``."""
     if line.source == "rest":
-        if line.conversation_id is not None:
-            return line.conversation_id
-        return _field(_message(line), "conversation_id")
+        message = _message(line)
+        if not holds_transcript(message):
+            return None
+        return line.conversation_id or _field(message, "conversation_id")
     if line.source == "webhook":
         message = _message(line)
-        if message is None or message.get("type") != "post_call_transcription":
+        if message is None or message.get("type") != TRANSCRIPTION:
             return None
-        return _field(message.get("data"), "conversation_id") or line.conversation_id
+        data = message.get("data")
+        if not holds_transcript(data):
+            return None
+        return _field(data, "conversation_id") or line.conversation_id
     return None
 
 

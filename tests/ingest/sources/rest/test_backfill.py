@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ingest.errors import AuthError
@@ -16,7 +17,10 @@ from ingest.log.frames import inspect_frame
 from ingest.log.reader import iter_log
 from ingest.log.writer import LogWriter, events_dir
 from ingest.simulator import AccountSpec, RestFault, Simulator, SimulatorThread
+from ingest.simulator.webhook_sender import TRANSCRIPTION, TRANSCRIPTION_OTEL, DeliveryFactory
 from ingest.sources.rest.backfill import BackfillConfig, BackfillReport, run_backfill
+from ingest.sources.rest.policy import RetryPolicy
+from tests.ingest.sources.webhook.test_receiver import SECRET, receiving
 
 
 KEY = "sk_simulated_key_0123456789"
@@ -80,16 +84,59 @@ def test_rerun_logs_nothing_new_and_refresh_fetches_again(simulator: SimulatorTh
 
 
 @account(conversations=12, processing=0, rest_latency=0.002)
-def test_a_webhook_transcription_counts_as_captured(simulator: SimulatorThread, data_dir: Path) -> None:
-    by_webhook = finished(simulator)[3]
-    with LogWriter.open(data_dir) as writer:
-        delivery = '{"type":"post_call_transcription","event_timestamp":1,"data":{"conversation_id":"%s"}}'
-        writer.append(Origin("webhook", "in", AGENT, None, None), inspect_frame(delivery % by_webhook))
+def test_only_a_webhook_with_the_transcript_counts_as_captured(
+    simulator: SimulatorThread, data_dir: Path
+) -> None:
+    sim = simulator.sim
+    assert sim.account is not None
+    complete, excluded, otel = finished(simulator)[3:6]
+    factory = DeliveryFactory(SECRET)
+
+    async def record(conversation_id: str) -> dict[str, Any]:
+        assert sim.account is not None
+        body: dict[str, Any] = orjson.loads(sim.account.body(conversation_id))
+        return body
+
+    deliveries = [
+        factory.transcription(data=simulator.run(record(complete))),
+        # Sent by an agent with the "exclude transcript" webhook option: no data.transcript.
+        factory.transcription(data=simulator.run(record(excluded)), exclude_transcript=True),
+        factory.transcription_otel(conversation=sim.account[otel]),
+    ]
+
+    async def deliver() -> None:
+        async with receiving(data_dir) as receiver:
+            assert [await receiver.post(d) for d in deliveries] == [200, 200, 200]
+
+    asyncio.run(deliver())
+    logged = [line for line in iter_log(events_dir(data_dir)) if line.source == "webhook"]
+    assert [line.type for line in logged] == [TRANSCRIPTION, TRANSCRIPTION, TRANSCRIPTION_OTEL]
+
     report = backfill_in_process(simulator, data_dir)
     assert (report.already_captured, report.logged) == (1, 11)
-    fetched = {r.conversation_id for r in simulator.sim.rest_requests if r.kind == "get"}
-    assert by_webhook not in fetched
-    assert len(fetched) == 11
+    fetched = Counter(r.conversation_id for r in sim.rest_requests if r.kind == "get")
+    assert complete not in fetched
+    assert fetched[excluded] == fetched[otel] == 1
+    assert {line.conversation_id for line in rest_lines(data_dir)} == set(finished(simulator)) - {complete}
+
+
+@account(conversations=4, processing=0)
+def test_a_rest_line_without_a_transcript_is_fetched_again(
+    simulator: SimulatorThread, data_dir: Path
+) -> None:
+    bare, whole = finished(simulator)[1:3]
+    with LogWriter.open(data_dir) as writer:
+        for conversation_id, body in [
+            (bare, {"conversation_id": bare, "status": "done"}),
+            (whole, {"conversation_id": whole, "status": "done", "transcript": []}),
+        ]:
+            writer.append(
+                Origin("rest", "in", AGENT, None, conversation_id), inspect_frame(orjson.dumps(body).decode())
+            )
+    report = backfill_in_process(simulator, data_dir)
+    assert (report.already_captured, report.logged) == (1, 3)
+    fetched = Counter(r.conversation_id for r in simulator.sim.rest_requests if r.kind == "get")
+    assert fetched[bare] == 1 and whole not in fetched
 
 
 BASE = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -154,12 +201,46 @@ def test_concurrency_bound_is_never_exceeded(simulator: SimulatorThread, data_di
     assert simulator.sim.rest_throttled == 0
 
 
-@account(conversations=40, processing=0, rest_latency=0.02, rest_max_concurrency=2)
-def test_too_many_concurrent_requests_waits_for_a_slot(simulator: SimulatorThread, data_dir: Path) -> None:
-    report = backfill_in_process(simulator, data_dir, concurrency=4)
-    assert report.throttled == simulator.sim.rest_throttled > 0
-    assert (report.logged, report.errors) == (40, 0)
+@pytest.mark.parametrize(
+    ("simulator", "concurrency"),
+    [
+        (
+            {
+                "account": AccountSpec(conversations=40, processing=0),
+                "rest_latency": 0.02,
+                "rest_max_concurrency": 2,
+            },
+            4,
+        ),
+        (
+            {
+                "account": AccountSpec(conversations=150, processing=0),
+                "rest_latency": 0.01,
+                "rest_max_concurrency": 3,
+            },
+            12,
+        ),
+    ],
+    indirect=["simulator"],
+)
+def test_too_many_concurrent_requests_teaches_the_limit(
+    simulator: SimulatorThread, data_dir: Path, concurrency: int
+) -> None:
+    sim = simulator.sim
+    limit = sim.rest.max_concurrency
+    assert limit is not None and sim.account is not None
+    report = backfill_in_process(simulator, data_dir, concurrency=concurrency)
+    assert (report.logged, report.errors) == (sim.account.spec.conversations, 0)
     assert Counter(line.conversation_id for line in rest_lines(data_dir)) == Counter(finished(simulator))
+    # Every 429 is counted, the last one included.
+    assert report.throttled == sim.rest_throttled > 0
+    # The first burst above the limit is refused, then a probe now and then;
+    # not a retry for every 429 that comes back.
+    refused = Counter(r.conversation_id for r in sim.rest_requests if r.status == 429)
+    assert sum(refused.values()) <= (concurrency - limit) + 4, refused
+    assert max(refused.values()) <= 2, refused  # nobody starves
+    # Only refused requests ever went above the limit.
+    assert sim.rest_max_in_flight <= limit + 1
 
 
 @account(conversations=8, processing=0)
@@ -201,6 +282,25 @@ def test_429_variants_and_retry_after(simulator: SimulatorThread, data_dir: Path
     assert busy.answered_at is not None
     # system_busy holds every request back, not only the one that got it.
     assert not [r for r in requests if busy.answered_at + 0.1 < r.arrived_at < busy.answered_at + 0.95]
+
+
+@account(conversations=6, processing=0)
+def test_system_busy_backs_off_at_least_the_floor(simulator: SimulatorThread, data_dir: Path) -> None:
+    sim = simulator.sim
+    simulator.run(_append_fault(sim, RestFault("system_busy", on="get")))
+    simulator.run(_append_fault(sim, RestFault("system_busy", retry_after=0.1, on="get")))
+    # The first backoff of a jittered series can be near zero; a short initial delay makes it so.
+    retry = RetryPolicy(initial_delay=0.01)  # and the default floor, 0.5 s
+    report = backfill_in_process(simulator, data_dir, concurrency=1, retry=retry)
+    assert (report.logged, report.errors, report.throttled) == (6, 0, 2)
+    busy = [r for r in sim.rest_requests if r.detail_status == "system_busy"]
+    assert len(busy) == 2
+    for record in busy:
+        retried = next(
+            r for r in sim.rest_requests[record.index :] if r.conversation_id == record.conversation_id
+        )
+        assert record.answered_at is not None
+        assert retried.arrived_at - record.answered_at >= 0.5, record
 
 
 # -- refusals --------------------------------------------------------------------------------
