@@ -18,7 +18,7 @@ from cli.output import console, reporting_errors
 from ingest.simulator.server import Scenario, Simulator
 from ingest.sources.agent.client import AgentConfig
 from ingest.sources.run import IngestSettings, ingest
-from projections.sqlite import default_db_path, project
+from projections import default_db_path, project
 
 
 __all__ = ["register"]

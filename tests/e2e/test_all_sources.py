@@ -23,8 +23,8 @@ from ingest.log.writer import events_dir
 from ingest.simulator.account import AccountSpec
 from ingest.simulator.server import Scenario, SimulatorThread
 from ingest.simulator.webhook_sender import Delivery, DeliveryFactory, send, send_many
+from projections import iter_rows
 from projections.duckdb_views import open_analytics, run_query
-from projections.sqlite import iter_rows
 from tests.conftest import TIMEOUT_FACTOR, capture_command, listening_port, subprocess_env
 
 

@@ -24,8 +24,8 @@ from ingest.log.segments import RotationPolicy, list_segments
 from ingest.log.writer import FsyncPolicy, LogWriter, events_dir
 from ingest.simulator.account import Account, AccountSpec
 from ingest.simulator.webhook_sender import DeliveryFactory
+from projections import iter_rows, project
 from projections.duckdb_views import VIEW_NAMES, open_analytics, run_query, view_statements
-from projections.sqlite import iter_rows, project
 from tests.conftest import REPO_ROOT
 from tests.projections.rule_cases import (
     STEP,

@@ -18,24 +18,20 @@ from ingest.log.frames import inspect_frame
 from ingest.log.lock import probe_lock
 from ingest.log.segments import RotationPolicy
 from ingest.log.writer import FsyncPolicy, LogWriter
+from projections import iter_rows, project, rebuild
 from projections.live import NICENESS_STEP, live_projection_sidecar, projection_status, start_live_projection
-from projections.sqlite import iter_rows, project, rebuild
-from tests.projections.rule_cases import conversation_body, message, transcript, user_entry, wait_until
+from tests.projections.rule_cases import (
+    conversation_body,
+    message,
+    projected_seq,
+    transcript,
+    user_entry,
+    wait_until,
+)
 
 
 SENT = Origin("agent_ws", "out", "agent_x", "conn-1", "conv_1")
 GOT = Origin("agent_ws", "in", "agent_x", "conn-1", "conv_1")
-
-
-def projected_seq(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1)
-        try:
-            return int(conn.execute("SELECT last_seq FROM projection_state").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
 
 
 def open_writer(data_dir: Path, max_bytes: int = 4096) -> LogWriter:
