@@ -9,8 +9,8 @@ Both hand the fold (:func:`projections.rule.fold`) one item per line, in log ord
   :class:`~ingest.log.envelope.LogLine` is built for them. Most of a log is
   such lines (pings, agent text, tentative transcripts).
 
-Which lines the rule may read is told from their bytes by one pattern,
-:data:`CANDIDATE`, built from :data:`~projections.rule.LIVE_RULE_TYPES` and
+Which lines the rule may read is told from their bytes by three patterns
+(:func:`is_candidate`), built from :data:`~projections.rule.LIVE_RULE_TYPES` and
 :data:`~projections.rule.BODY_SOURCES`: a line that starts as the writer writes
 it (``{"seq":N,``) and does not match it gives no row, so it is not checked
 beyond its seq. Every other line is decoded: a line the rule reads must decode
@@ -25,7 +25,7 @@ segment's torn end is an invalid line. A line that repeats the ``source`` or
 :func:`scan` has DuckDB read each uncompressed segment of 1 MiB or more
 (:data:`DUCKDB_MIN_BYTES`) in a worker thread, in native code that does not
 hold the GIL, while the caller folds the segment before: DuckDB hands on only
-the lines that match :data:`CANDIDATE` or do not continue the seq of the line
+the lines that match :func:`is_candidate` or do not continue the seq of the line
 before, with the row number and byte offset of each, and the caller rebuilds
 the runs of the other lines from them. Before a segment's lines are handed on,
 what DuckDB read is checked against the file (every byte accounted for, no
@@ -62,13 +62,13 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "CANDIDATE",
     "DUCKDB_MIN_BYTES",
     "LineItem",
     "LogTail",
     "Position",
     "ScanStats",
     "TailRead",
+    "is_candidate",
     "line_items",
     "log_last_seq",
     "scan",
@@ -108,9 +108,14 @@ _SOURCE_PATTERN = f'"source"{_JSON_SPACE}:{_JSON_SPACE}"{_names(BODY_SOURCES)}"'
 # holding an escape of any of their characters may be a candidate too.
 _ESCAPE_PATTERN = _escapes([*_RULE_TYPES, *BODY_SOURCES, "type", "source"])
 
-#: Bytes of every line the rule may read match it (a superset: the fold checks
-#: the source, type and direction itself).
-CANDIDATE = re.compile("|".join((_TYPE_PATTERN, _SOURCE_PATTERN, _ESCAPE_PATTERN)).encode())
+_CANDIDATE_PATTERNS = tuple(re.compile(p.encode()) for p in (_TYPE_PATTERN, _SOURCE_PATTERN, _ESCAPE_PATTERN))
+
+
+def is_candidate(raw: bytes) -> bool:
+    """Whether a line may be one the rule reads: true of every such line (the fold checks the rest)."""
+    return any(pattern.search(raw) is not None for pattern in _CANDIDATE_PATTERNS)
+
+
 # How the writer starts a line: its seq, first. DuckDB's copy caps the digits so
 # that seq + 1 cannot overflow its BIGINT; a longer seq is read here.
 _PREFIX = re.compile(rb'\{"seq":(0|[1-9][0-9]*),')
@@ -119,16 +124,16 @@ _ESCAPE_MARK = "\\u00"
 
 _CHUNK = 1 << 20
 
-# Per line: whether DuckDB's superset of CANDIDATE matches (the escape pattern
-# only where an escape is), its seq when it starts as the writer writes it,
-# its row number and where it ends (each line end counts one byte). Handed on:
-# the lines that match or do not continue the seq of the line before, and the
-# last one (every line read is accounted for).
+# Per line: whether it is a candidate (is_candidate, the escape pattern tried
+# only where an escape is), its seq when it starts as the writer writes it, its
+# row number and where it ends (each line end counts one byte). Handed on: the
+# candidates, the lines that do not continue the seq of the line before, the
+# last line, and the one ending where the survey found the last complete line.
 _SCAN_SQL = f"""
 WITH lines AS (
     SELECT line,
            regexp_matches(line, '{_TYPE_PATTERN}') OR regexp_matches(line, '{_SOURCE_PATTERN}')
-               OR contains(line, '{_ESCAPE_MARK}') AS candidate,
+               OR contains(line, '{_ESCAPE_MARK}') AND regexp_matches(line, '{_ESCAPE_PATTERN}') AS candidate,
            nullif(regexp_extract(line, '{_PREFIX_SQL}', 1), '')::BIGINT AS seq
     FROM read_csv($path, columns = {{'line': 'VARCHAR'}}, delim = chr(1), quote = '', escape = '',
                   header = false, auto_detect = false, ignore_errors = true, buffer_size = 4194304)
@@ -160,56 +165,32 @@ class ScanStats:
     partial_tail: bool = False
 
 
-# A line the rule may read, not decoded yet: (its seq if it starts with one, its bytes, where it is).
-_Undecoded = tuple[int | None, bytes, Position]
+class _Runs:
+    """Consecutive seqs of lines the rule does not read, merged into one ``range`` until a break."""
 
-
-class _Items:
-    """Items in log order, as readers find them: runs of seqs are merged, lines the rule may read kept undecoded."""
-
-    __slots__ = ("after_seq", "items", "_start", "_stop")
+    __slots__ = ("after_seq", "_start", "_stop")
 
     def __init__(self, after_seq: int) -> None:
         self.after_seq = after_seq
-        self.items: list[range | _Undecoded] = []
         self._start = self._stop = 0
 
-    def run(self, start: int, stop: int) -> None:
-        """Add the lines with seqs ``start`` to ``stop - 1``, in this order, none read by the rule."""
+    def add(self, start: int, stop: int) -> range | None:
+        """Add the lines with seqs ``start`` to ``stop - 1``; return the run they do not continue, if any."""
         start = max(start, self.after_seq + 1)
         if start >= stop:
-            return
+            return None
+        done = None
         if start != self._stop:
-            self._flush()
+            done = self.flush()
             self._start = start
         self._stop = stop
+        return done
 
-    def line(self, seq: int | None, raw: bytes, where: Position) -> None:
-        """Add a line the rule may read (``seq`` as it starts, else ``None``)."""
-        if seq is None or seq > self.after_seq:
-            self._flush()
-            self.items.append((seq, raw, where))
-
-    def _flush(self) -> None:
-        if self._stop > self._start:
-            self.items.append(range(self._start, self._stop))
+    def flush(self) -> range | None:
+        """Return the pending run, if any, and start afresh."""
+        done = range(self._start, self._stop) if self._stop > self._start else None
         self._start = self._stop = 0
-
-    def take(self) -> list[range | _Undecoded]:
-        """Return the items so far and start afresh."""
-        self._flush()
-        items, self.items = self.items, []
-        return items
-
-
-def _add_line(items: _Items, raw: bytes, where: Position) -> None:
-    """Sort one complete line (its newline cut or not) into ``items``."""
-    head = _PREFIX.match(raw)
-    seq = int(head[1]) if head is not None else None
-    if seq is not None and CANDIDATE.search(raw) is None:
-        items.run(seq, seq + 1)
-    else:
-        items.line(seq, raw, where)
+        return done
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -224,7 +205,7 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 
 
 def _decoded(seq: int | None, raw: bytes) -> LogLine | int | None:
-    """A line :data:`CANDIDATE` matches: decoded if the rule reads it, else its seq; ``None`` if invalid."""
+    """A line :func:`is_candidate` matches: decoded if the rule reads it, else its seq; ``None`` if invalid."""
     try:
         line = decode_line(raw)
     except LineError:
@@ -232,28 +213,45 @@ def _decoded(seq: int | None, raw: bytes) -> LogLine | int | None:
         if envelope is None or reads(envelope):
             return None
         return envelope["seq"] if seq is None else seq
-    if not reads(line.envelope):
-        return line.seq if seq is None else seq
-    return line if seq is None or line.seq == seq else None  # else it repeats "seq"
+    if seq is None or line.seq == seq:
+        return line  # handed on whether the rule reads it or not: the fold looks
+    return None if reads(line.envelope) else seq  # it repeats "seq": its first one counts
 
 
-def _decode_items(
-    items: Iterable[range | _Undecoded], after_seq: int, invalid: list[Position]
+def _candidate_items(
+    runs: _Runs, seq: int | None, raw: bytes, where: Position, invalid: list[Position]
 ) -> Iterator[LineItem]:
-    """``items`` with each undecoded line decoded and checked, one at a time (the caller folds meanwhile)."""
-    for item in items:
-        if type(item) is range:
-            yield item
-            continue
-        seq, raw, where = item
-        found = _decoded(seq, raw)
-        if found is None:
-            invalid.append(where)
-        elif isinstance(found, int):
-            if found > after_seq:
-                yield range(found, found + 1)
-        elif found.seq > after_seq:
-            yield found
+    """The items a line that may be a candidate gives (``seq`` as it starts, if it does): decoded and checked."""
+    if seq is not None and seq <= runs.after_seq:
+        return  # read before: not decoded again
+    found = _decoded(seq, raw)
+    if found is None:
+        invalid.append(where)
+    elif isinstance(found, int):
+        done = runs.add(found, found + 1)
+        if done is not None:
+            yield done
+    elif found.seq > runs.after_seq:
+        done = runs.flush()
+        if done is not None:
+            yield done
+        yield found
+
+
+def _python_lines(
+    raws: Iterable[bytes], runs: _Runs, segment: int, offset: int, invalid: list[Position]
+) -> Iterator[LineItem]:
+    """The items of complete lines (with their newline) read in Python, the first at ``offset``."""
+    for raw in raws:
+        head = _PREFIX.match(raw)
+        seq = int(head[1]) if head is not None else None
+        if seq is not None and not is_candidate(raw):
+            done = runs.add(seq, seq + 1)
+            if done is not None:
+                yield done
+        else:
+            yield from _candidate_items(runs, seq, raw, (segment, offset), invalid)
+        offset += len(raw)
 
 
 def line_items(
@@ -271,12 +269,11 @@ def line_items(
         The items, and the positions of the lines that are not valid log lines.
 
     """
-    items = _Items(after_seq)
-    for raw in raws:
-        _add_line(items, raw, (segment, offset))
-        offset += len(raw)
+    runs = _Runs(after_seq)
     invalid: list[Position] = []
-    return list(_decode_items(items.take(), after_seq, invalid)), invalid
+    items = list(_python_lines(raws, runs, segment, offset, invalid))
+    done = runs.flush()
+    return (items if done is None else [*items, done]), invalid
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,69 +317,90 @@ def _survey(path: Path, active: bool) -> _Segment:
     return _Segment(path, first_seq_of(path) or 0, complete, size, clean, last_line, active)
 
 
-def _fast_items(
+def _query(
     connection: duckdb.DuckDBPyConnection, segment: _Segment, after_seq: int
-) -> tuple[list[range | _Undecoded], list[Position]] | None:
-    """The items of ``segment`` as DuckDB reads it, or ``None`` if what it read does not check out."""
+) -> list[tuple[Any, ...]] | None:
+    """DuckDB's reading of ``segment`` (:data:`_SCAN_SQL`), or ``None`` if it does not check out."""
+    import duckdb
+
     if not segment.clean:
         return None
     params = {"path": str(segment.path), "after_seq": after_seq, "complete": segment.complete}
-    import duckdb
-
     try:
         rows = connection.execute(_SCAN_SQL, params).fetchall()
     except duckdb.Error:
         return None  # read line by line instead, which names what is wrong
-    items = _Items(after_seq)
-    invalid: list[Position] = []
-    first = segment.first_seq
-    done = seq_after = 0  # rows accounted for; the seq of the last one
-    at_end = False
-    for n, stop, seq, candidate, line in rows:
-        if stop > segment.complete:
-            break  # a torn end, or lines appended since the survey
-        if n > done + 1:
-            items.run(seq_after + 1, seq_after + n - done)  # rows that continued the seq of the row before
-        raw = b"" if line is None else line.encode()
-        start = stop - len(raw) - 1
-        if seq is not None and not candidate:
-            items.run(seq, seq + 1)
-        elif line is None:
-            invalid.append((first, start))  # an empty line
-        else:
-            _add_line(items, raw, (first, start))  # DuckDB's candidates are a superset of CANDIDATE's
-        done, seq_after = n, seq if seq is not None else -1
-        at_end = stop == segment.complete and raw == segment.last_line
     # Every byte read is accounted for (a line DuckDB could not read is left
-    # out): the last complete line is where the survey found it, and in a
-    # closed segment, whose size is known, the torn end after it too.
-    whole = segment.active or bool(rows) and rows[-1][1] == segment.size + (segment.size > segment.complete)
-    if segment.complete and not (at_end and whole):
+    # out): the last complete line ends where the survey found it, and in a
+    # closed segment, whose size is known, so does the torn end after it.
+    if not segment.complete:
+        return rows
+    for _, stop, _, _, line in reversed(rows):  # rows after the last complete line are few
+        if stop <= segment.complete:
+            if stop != segment.complete or (line or "").encode() != segment.last_line:
+                return None
+            break
+    else:
         return None
+    if segment.active or rows[-1][1] == segment.size + (segment.size > segment.complete):
+        return rows
+    return None
+
+
+def _fast_items(
+    segment: _Segment, rows: list[tuple[Any, ...]], after_seq: int, invalid: list[Position]
+) -> Iterator[LineItem]:
+    """The items of ``segment`` from DuckDB's reading of it (:func:`_query`), decoded as the caller folds."""
+    runs = _Runs(after_seq)
+    first, complete = segment.first_seq, segment.complete
+    done = seq_after = 0  # rows accounted for; the seq of the last one
+    for n, stop, seq, candidate, line in rows:
+        if stop > complete:
+            break  # a torn end, or lines appended since the survey
+        if n > done + 1:  # rows that continued the seq of the row before
+            ended = runs.add(seq_after + 1, seq_after + n - done)
+            if ended is not None:
+                yield ended
+        if seq is not None and not candidate:
+            ended = runs.add(seq, seq + 1)
+            if ended is not None:
+                yield ended
+        elif line is None:
+            invalid.append((first, stop - 1))  # an empty line
+        else:
+            raw = line.encode()
+            yield from _candidate_items(runs, seq, raw, (first, stop - len(raw) - 1), invalid)
+        done, seq_after = n, seq if seq is not None else -1
     if not segment.active and segment.size > segment.complete:
         invalid.append((first, segment.complete))
-    return items.take(), invalid
+    ended = runs.flush()
+    if ended is not None:
+        yield ended
 
 
 def _python_items(
     path: Path, first: int, active: bool, after_seq: int, stats: ScanStats
-) -> Iterator[range | _Undecoded]:
-    """The items of the segment at ``path``, read line by line, a chunk at a time."""
-    items = _Items(after_seq)
-    offset = 0
-    with open_segment(path) as f:
+) -> Iterator[LineItem]:
+    """The items of the segment at ``path``, read line by line."""
+
+    def complete(f: IO[bytes]) -> Iterator[bytes]:
+        offset = 0
         for raw in f:
             if not raw.endswith(b"\n"):
                 if active:
                     stats.partial_tail = True
                 else:
-                    stats.invalid.append((first, offset))
-                break
-            _add_line(items, raw, (first, offset))
+                    stats.invalid.append((first, offset))  # a closed segment's torn end
+                return
             offset += len(raw)
-            if len(items.items) >= 1024:
-                yield from items.take()
-    yield from items.take()
+            yield raw
+
+    runs = _Runs(after_seq)
+    with open_segment(path) as f:
+        yield from _python_lines(complete(f), runs, first, 0, stats.invalid)
+    ended = runs.flush()
+    if ended is not None:
+        yield ended
 
 
 def _start(segments: list[Path], after_seq: int) -> int:
@@ -423,34 +441,34 @@ def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -
     connection: duckdb.DuckDBPyConnection | None = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-scan")
 
-    def read(index: int) -> tuple[_Segment | None, tuple[list[range | _Undecoded], list[Position]] | None]:
+    def read(index: int) -> tuple[_Segment, list[tuple[Any, ...]] | None] | None:
         nonlocal connection
         path = segments[index]
         if not _worth_duckdb(path):
-            return None, None
+            return None
         segment = _survey(path, index == len(segments) - 1)
         if connection is None:
-            connection = duckdb.connect(config={"threads": 1})
-        return segment, _fast_items(connection, segment, after_seq)
+            # Two threads: DuckDB's own runs the query without the GIL, which the
+            # calling thread takes back between tasks, and the caller holds.
+            connection = duckdb.connect(config={"threads": 2})
+        return segment, _query(connection, segment, after_seq)
 
     ahead: Future[Any] = pool.submit(read, 0)
     try:
         for index, path in enumerate(segments):
             try:
-                segment, fast = ahead.result()
+                read_ahead = ahead.result()
             except OSError as exc:
                 raise LogError(f"cannot read {path}: {exc.strerror or exc}") from exc
             if index + 1 < len(segments):
                 ahead = pool.submit(read, index + 1)
             active = index == len(segments) - 1
-            items: Iterable[range | _Undecoded]
-            if fast is not None and segment is not None:
-                items, invalid = fast
-                stats.invalid.extend(invalid)
+            if read_ahead is not None and read_ahead[1] is not None:
+                segment, rows = read_ahead
+                yield from _fast_items(segment, rows, after_seq, stats.invalid)
                 stats.partial_tail = stats.partial_tail or (active and segment.size > segment.complete)
             else:
-                items = _python_items(path, first_seq_of(path) or 0, active, after_seq, stats)
-            yield from _decode_items(items, after_seq, stats.invalid)
+                yield from _python_items(path, first_seq_of(path) or 0, active, after_seq, stats)
     finally:
         if connection is not None:
             connection.interrupt()

@@ -112,7 +112,6 @@ __all__ = [
     "UserTextRow",
     "entry_key",
     "fold",
-    "is_blank",
     "line_key",
     "normalize",
     "reads",
@@ -284,9 +283,6 @@ class FoldState:
     user_ids: dict[str, str] = field(default_factory=dict)
     typed: TypedCounts = field(default_factory=dict)
 
-    def copy(self) -> FoldState:
-        return FoldState(self.last_seq, dict(self.user_ids), {c: dict(n) for c, n in self.typed.items()})
-
 
 @dataclass
 class FoldResult:
@@ -324,13 +320,11 @@ class FoldResult:
     last_seq: int = 0
 
 
-def is_blank(text: str) -> bool:
-    """Whether ``text`` is empty or made only of :data:`WHITESPACE`."""
-    return not text.strip(WHITESPACE)
-
-
 def normalize(text: str) -> str:
-    """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed."""
+    """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed.
+
+    A text made only of :data:`WHITESPACE` (a blank one) becomes ``""``.
+    """
     if text.isascii():
         # Most texts are already normal: printable ASCII has no WHITESPACE but " ".
         if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
@@ -516,23 +510,6 @@ class _Row:
         )
 
 
-def _live_read(line: LogLine) -> tuple[str, str, dict[str, Any]] | None:
-    """(source, frame type, frame) of a live line the rule reads (its direction checked), else ``None``."""
-    envelope = line.envelope
-    source = envelope.get("source")
-    event = line.event
-    if type(source) is not str or event is None or (wanted := LIVE_RULE_TYPES.get(source)) is None:
-        return None
-    kind = event.get("type")
-    if (
-        type(kind) is not str
-        or (direction := wanted.get(kind)) is None
-        or direction != envelope.get("direction")
-    ):
-        return None
-    return source, kind, event
-
-
 def reads(envelope: Mapping[str, Any]) -> bool:
     """Whether the rule reads a line, from its parsed envelope (what the fold checks first).
 
@@ -611,7 +588,8 @@ class _Extractor:
         if type(text) is not str:
             self.result.skipped[SkipReason.NO_TEXT] += 1
             return
-        if not text.strip(WHITESPACE):
+        normal = normalize(text)
+        if not normal:
             self.result.skipped[SkipReason.EMPTY_TEXT] += 1
             return
         envelope = line.envelope
@@ -620,7 +598,6 @@ class _Extractor:
         connection_id = envelope.get("connection_id")
         if type(connection_id) is not str:
             connection_id = None
-        normal = normalize(text)
         if type(conversation_id) is not str:
             conversation_id = None
             key = line_key(seq)
@@ -725,16 +702,23 @@ class _Extractor:
     def line(self, line: LogLine) -> None:
         envelope = line.envelope
         source = envelope.get("source")
-        if type(source) is str and source in LIVE_RULE_TYPES:
-            read = _live_read(line)
-            if read is None:
+        if type(source) is not str:
+            return
+        wanted = LIVE_RULE_TYPES.get(source)
+        if wanted is not None:
+            event = line.event
+            if event is None:
                 return
-            source, kind, event = read
+            kind = event.get("type")
+            if type(kind) is not str or (direction := wanted.get(kind)) is None:
+                return
+            if direction != envelope.get("direction"):
+                return
             if kind == _TRANSCRIPT or kind == _MESSAGE:
                 self.turn(line, event, source, kind == _MESSAGE)
             elif kind == INIT_TYPE:
                 self.init(envelope, event)
-            else:
+            elif kind == CLOSED_TYPE:
                 self.close(envelope.get("connection_id"))
         elif source in BODY_SOURCES:
             body = line.event
@@ -840,9 +824,9 @@ def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -
 
     Consecutive lines whose frame the caller knows the rule does not read (see
     :func:`reads`) may be given as the ``range`` of their seqs: they give no
-    row but move the position and show gaps. ``state`` is advanced in place; keep a
-    :meth:`FoldState.copy` if the result may not be stored. ``table`` must
-    hold what every earlier batch produced. Folding a log in one call or in
+    row but move the position and show gaps. ``state`` is advanced in place
+    (reload it if the result is not stored). ``table`` must hold what every
+    earlier batch produced. Folding a log in one call or in
     any number of batches gives the same table.
     """
     result = FoldResult(last_seq=state.last_seq)

@@ -228,6 +228,9 @@ class UserTextStore:
             self._identity = _file_identity(self.db_path)
         try:
             row = self._conn.execute("SELECT last_seq FROM projection_state WHERE id = 1").fetchone()
+            self._has_aliases = (
+                self._conn.execute("SELECT 1 FROM projection_aliases LIMIT 1").fetchone() is not None
+            )
             users = dict(self._conn.execute("SELECT connection_id, user_id FROM projection_users"))
             typed: TypedCounts = {}
             for scope, n in self._conn.execute("SELECT scope, n FROM projection_typed"):
@@ -254,6 +257,10 @@ class UserTextStore:
 
     def aliases(self, keys: Collection[str]) -> Mapping[str, str]:
         """Return the stored aliases among ``keys`` (the fold's :class:`TableView`)."""
+        if not self._has_aliases:
+            # Most logs have none (no typed REST/webhook entry with an id). Another
+            # projector adding some moves the position too, so the batch is refused.
+            return {}
         try:
             return dict(self._conn.execute(_SELECT_ALIASES, (orjson.dumps(list(keys)),)))
         except sqlite3.Error as exc:
@@ -311,6 +318,7 @@ class UserTextStore:
                         "INSERT OR IGNORE INTO projection_aliases (alias_key, key) VALUES (?, ?)",
                         result.aliases.items(),
                     )
+                    self._has_aliases = True
                 _store_connections(conn, result)
                 if invalid:
                     before = conn.total_changes

@@ -19,11 +19,11 @@ from ingest.log.envelope import LogLine, decode_line
 from ingest.log.segments import segment_name
 from ingest.log.writer import events_dir
 from projections.reader import (
-    CANDIDATE,
     LineItem,
     LogTail,
     Position,
     ScanStats,
+    is_candidate,
     line_items,
     log_last_seq,
     scan,
@@ -59,7 +59,7 @@ def model_reads(envelope: dict[str, Any]) -> bool:
 def model(raws: Sequence[bytes], after_seq: int = 0) -> tuple[list[tuple[int, bool]], list[int]]:
     """Per line handed on: (seq, whether decoded); and the indexes of the invalid lines.
 
-    Asserts on the way that every line the rule reads is one CANDIDATE matches.
+    Asserts on the way that every line the rule reads is a candidate.
     """
     seen: list[tuple[int, bool]] = []
     invalid: list[int] = []
@@ -73,7 +73,7 @@ def model(raws: Sequence[bytes], after_seq: int = 0) -> tuple[list[tuple[int, bo
         if not isinstance(parsed, dict) or type(parsed.get("seq")) is not int:
             parsed = None
         reads = parsed is not None and model_reads(parsed)
-        if first is not None and not CANDIDATE.search(raw):
+        if first is not None and not is_candidate(raw):
             assert not reads, f"a line the rule reads is not a candidate: {raw!r}"
             if first > after_seq:
                 seen.append((first, False))
@@ -282,10 +282,15 @@ def segment_of(tmp_path: Path, data: bytes, *, active: bool = False) -> reader._
 
 
 def fast(segment: reader._Segment, after_seq: int = 0) -> tuple[list[Any], list[Position]] | None:
+    """The items and invalid positions of DuckDB's reading of ``segment``, or ``None`` if it did not check out."""
     import duckdb
 
-    with duckdb.connect(config={"threads": 1}) as connection:
-        return reader._fast_items(connection, segment, after_seq)
+    with duckdb.connect() as connection:
+        rows = reader._query(connection, segment, after_seq)
+    if rows is None:
+        return None
+    invalid: list[Position] = []
+    return list(reader._fast_items(segment, rows, after_seq, invalid)), invalid
 
 
 CLEAN = b"".join(encode(s, transcript(f"t{s}") if s % 4 == 0 else '{"type":"ping"}') for s in range(1, 400))
@@ -328,7 +333,7 @@ def test_the_active_segment_is_read_to_its_last_complete_line(tmp_path: Path) ->
         f.write(b'n"}\n' + encode(401, transcript("later")))
     found = fast(segment)
     assert found is not None
-    assert per_line(list(reader._decode_items(found[0], 0, [])))[-1] == (399, False)
+    assert per_line(found[0])[-1] == (399, False)
     assert found[1] == []
     closed = segment_of(tmp_path, CLEAN + b'{"seq":400,"tor')
     assert fast(closed) == (found[0], [(1, len(CLEAN))])  # a closed segment's torn end is invalid

@@ -23,7 +23,6 @@ from projections.rule import (
     SkipReason,
     UserTextRow,
     fold,
-    is_blank,
     line_key,
     normalize,
     reads,
@@ -164,7 +163,7 @@ def test_keys_are_length_prefixed_and_texts_normalised() -> None:
 
 @pytest.mark.parametrize("text", ["", " ", "\t\n", "\u3000", "\u200b", "\xa0 \ufeff"])
 def test_blank_texts_are_skipped_and_counted(text: str) -> None:
-    assert is_blank(text)
+    assert normalize(text) == ""
     body = conversation_body("conv_1", [user_entry(text, 1)])
     result = fold(
         FoldState(),
