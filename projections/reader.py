@@ -218,24 +218,23 @@ def _decoded(seq: int | None, raw: bytes) -> LogLine | int | None:
     return None if reads(line.envelope) else seq  # it repeats "seq": its first one counts
 
 
-def _candidate_items(
+def _candidate(
     runs: _Runs, seq: int | None, raw: bytes, where: Position, invalid: list[Position]
-) -> Iterator[LineItem]:
+) -> tuple[LineItem, ...]:
     """The items a line that may be a candidate gives (``seq`` as it starts, if it does): decoded and checked."""
     if seq is not None and seq <= runs.after_seq:
-        return  # read before: not decoded again
+        return ()  # read before: not decoded again
     found = _decoded(seq, raw)
     if found is None:
         invalid.append(where)
     elif isinstance(found, int):
         done = runs.add(found, found + 1)
         if done is not None:
-            yield done
+            return (done,)
     elif found.seq > runs.after_seq:
         done = runs.flush()
-        if done is not None:
-            yield done
-        yield found
+        return (found,) if done is None else (done, found)
+    return ()
 
 
 def _python_lines(
@@ -250,7 +249,7 @@ def _python_lines(
             if done is not None:
                 yield done
         else:
-            yield from _candidate_items(runs, seq, raw, (segment, offset), invalid)
+            yield from _candidate(runs, seq, raw, (segment, offset), invalid)
         offset += len(raw)
 
 
@@ -369,7 +368,7 @@ def _fast_items(
             invalid.append((first, stop - 1))  # an empty line
         else:
             raw = line.encode()
-            yield from _candidate_items(runs, seq, raw, (first, stop - len(raw) - 1), invalid)
+            yield from _candidate(runs, seq, raw, (first, stop - len(raw) - 1), invalid)
         done, seq_after = n, seq if seq is not None else -1
     if not segment.active and segment.size > segment.complete:
         invalid.append((first, segment.complete))

@@ -232,6 +232,7 @@ def test_one_ingest_process_projects_every_source_live(data_dir: Path) -> None:
                 return (
                     expected <= seen
                     and len(live) == 2
+                    and bool(watched_rows)
                     and all("rest" in r[8] and "monitor" in r[8] for r in watched_rows)
                 )
 

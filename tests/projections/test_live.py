@@ -108,7 +108,8 @@ def test_project_and_rebuild_while_live_converge(tmp_path: Path) -> None:
         assert live.stop() == 0
     assert projected_seq(db) == 3_000
     rebuild(data_dir, tmp_path / "fresh.db")
-    assert list(iter_rows(db)) == list(iter_rows(tmp_path / "fresh.db"))
+    rows = list(iter_rows(db))
+    assert len(rows) == 3_000 and rows == list(iter_rows(tmp_path / "fresh.db"))
 
 
 def test_the_sidecar_hook_starts_and_stops_it(tmp_path: Path) -> None:
