@@ -41,7 +41,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +123,7 @@ _PREFIX_SQL = r'^\{"seq":(0|[1-9][0-9]{0,17}),'
 _ESCAPE_MARK = "\\u00"
 
 _CHUNK = 1 << 20
+_SURVEY_CHUNK = 16 << 20
 
 # Per line: whether it is a candidate (is_candidate, the escape pattern tried
 # only where an escape is), its seq when it starts as the writer writes it, its
@@ -292,7 +293,9 @@ def _survey(path: Path, active: bool) -> _Segment:
     """Read ``path`` once for what checking DuckDB's reading of it needs."""
     complete = size = 0
     clean = True
-    buffer = bytearray(_CHUNK)
+    # Large reads: after each, this thread waits for the GIL, which the folding
+    # thread gives up only every few milliseconds.
+    buffer = bytearray(_SURVEY_CHUNK)
     with path.open("rb", buffering=0) as f:
         while n := f.readinto(buffer):
             clean = clean and buffer.find(b"\r", 0, n) < 0
@@ -412,13 +415,17 @@ def _start(segments: list[Path], after_seq: int) -> int:
 
 
 def _worth_duckdb(path: Path) -> bool:
+    if path.suffix != ".jsonl" or any(char in str(path) for char in "*?[{"):
+        return False  # compressed, or a path DuckDB would take for a pattern
     try:
-        return path.suffix == ".jsonl" and path.stat().st_size >= DUCKDB_MIN_BYTES
+        return path.stat().st_size >= DUCKDB_MIN_BYTES
     except OSError:
         return False  # gone meanwhile: reading it says so
 
 
-def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -> Iterator[LineItem]:
+def scan(
+    events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None
+) -> Generator[LineItem, None, None]:
     """Yield one item per line with seq above ``after_seq``, in log order, streaming.
 
     Memory stays flat: DuckDB reads one segment ahead of the caller. Segments
@@ -429,9 +436,6 @@ def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -
         LogError: a segment cannot be read.
 
     """
-    # Imported here: the live follower and `capture ingest` import this module but never scan.
-    import duckdb
-
     stats = stats if stats is not None else ScanStats()
     segments = list_segments(events_dir)
     segments = segments[_start(segments, after_seq) :]
@@ -447,6 +451,9 @@ def scan(events_dir: Path, after_seq: int = 0, stats: ScanStats | None = None) -
             return None
         segment = _survey(path, index == len(segments) - 1)
         if connection is None:
+            # Imported here: the live follower and small logs never need it (it takes 0.1 s).
+            import duckdb
+
             # Two threads: DuckDB's own runs the query without the GIL, which the
             # calling thread takes back between tasks, and the caller holds.
             connection = duckdb.connect(config={"threads": 2})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -113,10 +113,11 @@ class ScanReader:
         self.events_dir = events_dir
         self.stats = ScanStats()
         self._seen = 0
-        self._items: Iterator[LineItem] = iter(())
+        self._items: Generator[LineItem, None, None] | None = None
         self.seek(after_seq)
 
     def lines(self, max_lines: int) -> Iterable[LineItem]:
+        assert self._items is not None
         return islice(self._items, max_lines)
 
     def invalid(self) -> list[Position]:
@@ -132,9 +133,8 @@ class ScanReader:
 
     def close(self) -> None:
         """Stop reading (ends DuckDB's reading ahead)."""
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
+        if self._items is not None:
+            self._items.close()
 
 
 class TailReader:
@@ -176,7 +176,8 @@ def run(
         store: Where the rows go; the reader must start at its position.
         reader: Where the lines come from.
         report: Counts what was done.
-        batch_lines: Lines per batch (one transaction each).
+        batch_lines: Lines per batch (one transaction each); a run of lines
+            the rule does not read counts as one.
         progress: Called after each stored batch.
         wait: Called when the reader has no more lines: return ``True`` to
             read again, ``False`` to stop. By default, stop.
