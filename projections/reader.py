@@ -304,18 +304,16 @@ def _survey(path: Path, active: bool) -> _Segment:
                 complete = size + end + 1
             size += n
         last_line = b""
-        if complete:
-            start = complete - 1
-            while start > 0:
-                f.seek(max(0, start - 4096))
-                window = f.read(min(start, 4096))
-                cut = window.rfind(b"\n")
-                if cut >= 0:
-                    start = start - len(window) + cut + 1
-                    break
-                start -= len(window)
+        window = 4096
+        while complete:
+            start = max(0, complete - window)
             f.seek(start)
-            last_line = f.read(complete - 1 - start)
+            tail = f.read(complete - start)[:-1]  # its newline cut
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                last_line = tail[cut + 1 :]
+                break
+            window *= 4
     return _Segment(path, first_seq_of(path) or 0, complete, size, clean, last_line, active)
 
 

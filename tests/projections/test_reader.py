@@ -339,6 +339,15 @@ def test_the_active_segment_is_read_to_its_last_complete_line(tmp_path: Path) ->
     assert fast(closed) == (found[0], [(1, len(CLEAN))])  # a closed segment's torn end is invalid
 
 
+@pytest.mark.parametrize("tail", [b"", b'{"seq":401,"torn'])
+def test_the_survey_finds_a_last_line_longer_than_its_window(tmp_path: Path, tail: bytes) -> None:
+    long_line = encode(400, transcript("x" * 50_000))
+    segment = segment_of(tmp_path, CLEAN + long_line + tail)
+    assert segment.last_line == long_line[:-1] and segment.complete == len(CLEAN) + len(long_line)
+    found = fast(segment)
+    assert found is not None and per_line(found[0])[-1] == (400, True)
+
+
 def test_a_segment_shorter_than_the_survey_found_is_read_line_by_line(tmp_path: Path) -> None:
     segment = segment_of(tmp_path, CLEAN)
     segment.path.write_bytes(CLEAN[: len(CLEAN) // 2])
