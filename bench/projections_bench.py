@@ -543,7 +543,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=190)
     versions = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
     work = Path(tempfile.mkdtemp(prefix="capture-bench-", dir=args.workdir))
     table = Table(title=f"capture projections bench: {args.lines:,}-line typical log")
@@ -576,7 +576,7 @@ def main() -> None:
                 mix
             ]
             table.add_row(
-                f"rebuild, {mix} log: {total:,} lines, {built[0]['rows']:,} rows, {mib:,.0f} MiB (lines/s, x ceiling)",
+                f"rebuild, {mix}: {total:,} lines, {built[0]['rows']:,} rows, {mib:,.0f} MiB (lines/s = x ceiling)",
                 *(f"{rate(b):,.0f} = {rate(b) / rate(ceiling):.2f}x" for b in built),
                 f"{rate(ceiling):,.0f} ({label})",
                 goal,
