@@ -1,32 +1,38 @@
-"""Benchmark of the projections: rebuild throughput and memory, live lag, views vs a direct scan.
+"""Benchmark of the projections: rebuild against its ceilings, live lag, memory, views vs a direct scan.
 
 Run from the repository root::
 
-    python bench/projections_bench.py            # 2 M lines, 20 s of live lag
-    python bench/projections_bench.py --lines 5000000 --lag-seconds 30
+    python bench/projections_bench.py                      # 2 M lines, 20 s of live lag
+    python bench/projections_bench.py --old /tmp/old-code  # the same for another checkout, taking turns
 
-It prints one table:
+``--old`` names a checkout of an earlier version (``git worktree add /tmp/old-code <commit>``):
+its rebuild and live projection are measured in the same run as this one's, on the
+same logs, taking turns, so that the machine's drift hits both alike. It prints
+one table:
 
-* rebuild: lines/s of ``capture rebuild`` next to an orjson parse-only pass
-  over the same segments (the ceiling), and the ratio (target >= 0.5x); the
-  same on a dense log (27% user turns) and on a log where every conversation
-  is also fetched (REST) and delivered (webhook), so each user turn is seen
-  three times;
-* peak memory (RSS) of the rebuild process (and of its read-ahead process,
-  which classifies lines on the second core) next to the log's size, and RSS
-  at each quarter of the rebuild (flat means streaming); the CPU time of both;
+* rebuild: lines/s of ``capture rebuild`` next to an orjson parse-only pass over
+  the same segments (the ceiling, goal 1.0x); on a dense log (one line in four a
+  user turn) next to its own ceiling, that pass plus ``executemany`` of one row
+  per user turn into a table with the same unique index, in one transaction (goal
+  0.5x); and on a log where every conversation is also fetched (REST) and
+  delivered (webhook), each user turn seen three times;
+* peak memory (RSS) of the rebuild (and of a read-ahead process, if the version
+  has one) next to the log's size, and RSS at each quarter of the rebuild (flat
+  means streaming); the CPU time used;
 * live projection lag at a steady rate (default 1k frames/s): time from the
-  append to the row being visible in SQLite, p50/p99/max (target p99 <= 100 ms);
+  append to the row being visible in SQLite, p50/p99/max (goal p99 <= 100 ms);
 * a ``capture sql`` aggregate over the ``events`` view next to the same
-  aggregate written directly with ``read_json`` (target >= 0.9x); the two
-  queries take turns, the fastest of 5 runs of each is kept.
+  aggregate written directly with ``read_json`` (goal >= 0.9x);
+* lines of code of ``projections/`` in each version.
 
-Each measured pass runs in a fresh process.
+Each measured pass runs in a fresh process (this script, ``--child``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -40,19 +46,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The code measured: this checkout, or the one --old names (set for a child by the parent).
+CODE = Path(os.environ.get("CAPTURE_BENCH_CODE", ROOT))
+sys.path.insert(0, str(CODE))
 
 from ingest.log.envelope import Origin  # noqa: E402
 from ingest.log.frames import Frame, inspect_frame  # noqa: E402
 from ingest.log.writer import FsyncPolicy, LogWriter, events_dir  # noqa: E402
 
-
-console = Console()
 
 TURNS_PER_CONVERSATION = 8
 
@@ -221,88 +225,111 @@ def generate(data_dir: Path, lines: int, mix: str = "typical") -> int:
     return written
 
 
-def _child(code: str) -> dict[str, Any]:
-    """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"bench child failed:\n{done.stderr}")
-    last = done.stdout.strip().splitlines()[-1]
-    try:
-        return orjson.loads(last)  # type: ignore[no-any-return]
-    except orjson.JSONDecodeError:
-        raise SystemExit(f"bench child printed {done.stdout[-2000:]!r}") from None
+# --- the measures, each run in a fresh process -------------------------------------------------
 
 
-_RSS = """
-import resource, os
-def rss_mb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def children_peak_mb():
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-def cpu_seconds():
-    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
-"""
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def best_of(runs: int, *measures: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run each measure ``runs`` times, taking turns; keep each one's fastest run.
+def _peaks() -> dict[str, float]:
+    import resource
 
-    This machine is shared and its speed drifts: taking turns lets a slow or
-    fast spell hit every measure alike.
-    """
-    results: list[list[dict[str, Any]]] = [[] for _ in measures]
-    for _ in range(max(1, runs)):
-        for done, measure in zip(results, measures, strict=True):
-            done.append(measure())
-    bests = []
-    for done in results:
-        best = min(done, key=lambda r: r["elapsed"])
-        best["peak_mb"] = max(r["peak_mb"] for r in done)
-        best["children_peak_mb"] = max(r.get("children_peak_mb", 0.0) for r in done)
-        bests.append(best)
-    return bests
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {
+        "peak_mb": own.ru_maxrss / 1024,
+        "children_peak_mb": children.ru_maxrss / 1024,
+        "cpu": sum(u.ru_utime + u.ru_stime for u in (own, children)),
+    }
 
 
-def parse_ceiling(data_dir: Path) -> dict[str, Any]:
-    code = f"""{_RSS}
-import orjson, time, json
-from pathlib import Path
-from ingest.log.reader import open_segment
-from ingest.log.segments import list_segments
-started = time.perf_counter()
-n = 0
-for path in list_segments(Path({str(events_dir(data_dir))!r})):
-    with open_segment(path) as f:
-        for raw in f:
-            orjson.loads(raw)
-            n += 1
-elapsed = time.perf_counter() - started
-print(json.dumps({{"lines": n, "elapsed": elapsed, "peak_mb": peak_mb()}}))
-"""
-    return _child(code)
+def _segments(data_dir: Path) -> list[Path]:
+    from ingest.log.segments import list_segments
+
+    return list_segments(events_dir(data_dir))
 
 
-def rebuild_run(data_dir: Path, db: Path, total: int) -> dict[str, Any]:
+def measure_parse(data_dir: Path) -> dict[str, Any]:
+    """The ceiling: orjson parses every line."""
+    from ingest.log.reader import open_segment
+
+    started = time.perf_counter()
+    lines = 0
+    for path in _segments(data_dir):
+        with open_segment(path) as f:
+            for raw in f:
+                orjson.loads(raw)
+                lines += 1
+    return {"lines": lines, "elapsed": time.perf_counter() - started, **_peaks()}
+
+
+_TABLE = """CREATE TABLE user_texts (
+    id INTEGER PRIMARY KEY, dedup_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, session_id TEXT,
+    user_id TEXT NOT NULL, text TEXT NOT NULL, timestamp TEXT NOT NULL, metadata TEXT NOT NULL,
+    sources TEXT NOT NULL, seq INTEGER NOT NULL)"""
+
+
+def measure_parse_insert(data_dir: Path, db: Path) -> dict[str, Any]:
+    """The dense ceiling: parse every line, ``executemany`` one row per user turn (unique key), one transaction."""
+    from ingest.log.reader import open_segment
+
     db.unlink(missing_ok=True)
-    code = f"""{_RSS}
-import json
-from pathlib import Path
-from projections.sqlite import rebuild
-marks = {{}}
-cpu_before = cpu_seconds()
-def progress(seq):
-    quarter = min(4, 4 * seq // {total})
-    marks.setdefault(quarter, rss_mb())
-report = rebuild(Path({str(data_dir)!r}), Path({str(db)!r}), progress=progress)
-print(json.dumps({{"lines": report.lines_read, "rows": report.rows_written, "elapsed": report.elapsed,
-                  "peak_mb": peak_mb(), "children_peak_mb": children_peak_mb(),
-                  "cpu": cpu_seconds() - cpu_before,
-                  "quarters": [marks.get(q) for q in (1, 2, 3, 4)], "skipped": dict(report.skipped)}}))
-"""
-    return _child(code)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute(_TABLE)
+    insert = "INSERT INTO user_texts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    started = time.perf_counter()
+    lines = rows = 0
+    batch: list[tuple[Any, ...]] = []
+    conn.execute("BEGIN")
+    for path in _segments(data_dir):
+        with open_segment(path) as f:
+            for raw in f:
+                line = orjson.loads(raw)
+                lines += 1
+                event = line.get("event")
+                kind = event.get("type") if type(event) is dict else None
+                if kind != "user_transcript" and kind != "user_message":
+                    continue
+                text = (
+                    event["text"]
+                    if kind == "user_message"
+                    else event["user_transcription_event"]["user_transcript"]
+                )
+                seq = line["seq"]
+                batch.append((seq * 1_000_000, f"key:{seq}", kind, line["conversation_id"], "user", text,
+                              line["received_at"], raw[raw.find(b',"event":') + 9 : -2].decode(), '["agent_ws"]', seq))  # fmt: skip
+                if len(batch) == 20_000:
+                    conn.executemany(insert, batch)
+                    rows += len(batch)
+                    batch.clear()
+    conn.executemany(insert, batch)
+    conn.execute("COMMIT")
+    conn.close()
+    return {"lines": lines, "rows": rows + len(batch), "elapsed": time.perf_counter() - started, **_peaks()}
+
+
+def measure_rebuild(data_dir: Path, db: Path, total: int) -> dict[str, Any]:
+    from projections import rebuild
+
+    db.unlink(missing_ok=True)
+    marks: dict[int, float] = {}
+
+    def progress(seq: int) -> None:
+        marks.setdefault(min(4, 4 * seq // total), _rss_mb())
+
+    cpu = _peaks()["cpu"]
+    report = rebuild(data_dir, db, progress=progress)
+    return {
+        "lines": report.lines_read,
+        "rows": report.rows_written,
+        "elapsed": report.elapsed,
+        **_peaks(),
+        "cpu": _peaks()["cpu"] - cpu,
+        "quarters": [marks.get(q) for q in (1, 2, 3, 4)],
+    }
 
 
 # Aggregates a user would run over `events`, as (name, SELECT over {src}). The
@@ -336,43 +363,45 @@ ENVELOPE_TYPES = {
 }
 
 
-def views_vs_direct(data_dir: Path, repeats: int) -> dict[str, Any]:
+def measure_views(data_dir: Path, repeats: int) -> dict[str, Any]:
+    """Each aggregate over the view and written directly, taking turns; the fastest run of each."""
+    from projections import open_analytics, run_query
+
     folder = events_dir(data_dir).resolve().as_posix()
-    code = f"""
-import json, time
-from pathlib import Path
-from projections.duckdb_views import open_analytics, run_query
-AGGREGATES = {AGGREGATES!r}
-STRUCT = "{{" + ", ".join(f"'{{c}}': '{{t}}'" for c, t in {ENVELOPE_TYPES!r}.items()) + "}}"
-DIRECT = ("(SELECT *, event->>'type' AS type FROM read_json('{folder}/*.jsonl',"
-          f" format = 'newline_delimited', columns = {{STRUCT}}))")
-conn = open_analytics(Path({str(data_dir)!r}))
-def timed(*queries):
-    # The queries take turns, so a slow or fast spell of the machine hits each alike; the fastest run of each is kept.
-    best, rows = [None] * len(queries), [None] * len(queries)
-    for _ in range({repeats}):
-        for i, sql in enumerate(queries):
-            started = time.perf_counter()
-            rows[i] = list(run_query(conn, sql).rows)
-            elapsed = time.perf_counter() - started
-            best[i] = elapsed if best[i] is None else min(best[i], elapsed)
-    return best, rows
-results = []
-for name, template in AGGREGATES:
-    (view_time, direct_time), (view_rows, direct_rows) = timed(template.format(src="events"), template.format(src=DIRECT))
-    assert view_rows == direct_rows, (name, view_rows, direct_rows)
-    results.append([name, view_time, direct_time])
-[ut_time], [ut_rows] = timed("SELECT count(*) FROM user_texts")
-print(json.dumps({{"aggregates": results, "user_texts_view": ut_time, "user_texts_rows": ut_rows[0][0]}}))
-"""
-    return _child(code)
+    struct = "{" + ", ".join(f"'{c}': '{t}'" for c, t in ENVELOPE_TYPES.items()) + "}"
+    direct = (
+        f"(SELECT *, event->>'type' AS type FROM read_json('{folder}/*.jsonl',"
+        f" format = 'newline_delimited', columns = {struct}))"
+    )
+    conn = open_analytics(data_dir)
+
+    def timed(*queries: str) -> tuple[list[float], list[Any]]:
+        best: list[float] = [float("inf")] * len(queries)
+        rows: list[Any] = [None] * len(queries)
+        for _ in range(repeats):
+            for i, sql in enumerate(queries):
+                started = time.perf_counter()
+                rows[i] = list(run_query(conn, sql).rows)
+                best[i] = min(best[i], time.perf_counter() - started)
+        return best, rows
+
+    results = []
+    for name, template in AGGREGATES:
+        (view_time, direct_time), (view_rows, direct_rows) = timed(
+            template.format(src="events"), template.format(src=direct)
+        )
+        assert view_rows == direct_rows, (name, view_rows, direct_rows)
+        results.append([name, view_time, direct_time])
+    [count_time], [count_rows] = timed("SELECT count(*) FROM user_texts")
+    return {"aggregates": results, "user_texts_view": count_time, "user_texts_rows": count_rows[0][0]}
 
 
-def live_lag(work: Path, seconds: float, rate: float) -> dict[str, Any]:
+def measure_lag(work: Path, seconds: float, rate: float) -> dict[str, Any]:
     """Append at ``rate`` lines/s for ``seconds``; measure append -> row visible in SQLite."""
     from projections.live import start_live_projection
 
     data_dir = work / "live"
+    shutil.rmtree(data_dir, ignore_errors=True)
     db = data_dir / "whatsapp_storage.db"
     writer = LogWriter.open(data_dir, fsync=FsyncPolicy.INTERVAL)
     live = start_live_projection(data_dir, db)
@@ -387,41 +416,34 @@ def live_lag(work: Path, seconds: float, rate: float) -> dict[str, Any]:
             rows = conn.execute("SELECT seq, timestamp FROM user_texts WHERE seq > ? ORDER BY seq", (last,))
             now = time.time()
             for seq, stamp in rows.fetchall():
-                appended = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-                latencies.append(now - appended)
+                latencies.append(now - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
                 last = seq
             if finished:
                 break
             time.sleep(0.002)
         conn.close()
 
-    poller = threading.Thread(target=poll)
-    # Let the follower start and catch up before measuring.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # let the follower start before measuring
     while not db.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(1.0)
+    poller = threading.Thread(target=poll)
     poller.start()
-    appended = 0
-    n = 0
+    appended = n = 0
     pending: list[tuple[Origin, Frame]] = []
-    interval = 1.0 / rate
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         if not pending:
-            pending = conversation_lines(n)
-            pending.reverse()
+            pending = conversation_lines(n)[::-1]
             n += 1
         origin, frame = pending.pop()
         writer.append(origin, frame, datetime.now(UTC))
         appended += 1
-        next_at = started + appended * interval
-        pause = next_at - time.perf_counter()
+        pause = started + appended / rate - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
     elapsed = time.perf_counter() - started
-    # Wait for the last rows, then stop everything.
-    settle = time.monotonic() + 5
+    settle = time.monotonic() + 5  # the last rows, then stop everything
     while time.monotonic() < settle:
         conn = sqlite3.connect(db)
         projected = conn.execute("SELECT last_seq FROM projection_state").fetchone()[0]
@@ -441,125 +463,178 @@ def live_lag(work: Path, seconds: float, rate: float) -> dict[str, Any]:
     return {
         "rate": appended / elapsed,
         "rows": len(latencies),
-        "p50": pct(0.50),
+        "p50": pct(0.5),
         "p99": pct(0.99),
         "max": latencies[-1] * 1000,
     }
+
+
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
+    "parse": lambda data_dir: measure_parse(Path(data_dir)),
+    "parse_insert": lambda data_dir, db: measure_parse_insert(Path(data_dir), Path(db)),
+    "rebuild": lambda data_dir, db, total: measure_rebuild(Path(data_dir), Path(db), int(total)),
+    "views": lambda data_dir, repeats: measure_views(Path(data_dir), int(repeats)),
+    "lag": lambda work, seconds, rate: measure_lag(Path(work), float(seconds), float(rate)),
+}
+
+
+def child(code: Path, name: str, *args: Any) -> dict[str, Any]:
+    """Run one measure in a fresh interpreter on the code at ``code``; it prints one JSON object last."""
+    env = {**os.environ, "CAPTURE_BENCH_CODE": str(code), "PYTHONPATH": str(code)}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", name, *map(str, args)],
+        capture_output=True, text=True, cwd=code, env=env, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"bench child {name} failed:\n{done.stderr}")
+    return orjson.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def best_of(runs: int, *measures: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run each measure ``runs`` times, taking turns; keep each one's fastest run (and the largest peaks).
+
+    This machine is shared and its speed drifts: taking turns lets a slow or
+    fast spell hit every measure alike.
+    """
+    results: list[list[dict[str, Any]]] = [[] for _ in measures]
+    for _ in range(max(1, runs)):
+        for done, measure in zip(results, measures, strict=True):
+            done.append(measure())
+    bests = []
+    for done in results:
+        best = dict(min(done, key=lambda r: r["elapsed"]))
+        best["peak_mb"] = max(r["peak_mb"] for r in done)
+        best["children_peak_mb"] = max(r["children_peak_mb"] for r in done)
+        bests.append(best)
+    return bests
+
+
+def lines_of_code(code: Path) -> int:
+    return sum(len(path.read_text().splitlines()) for path in (code / "projections").glob("*.py"))
+
+
+def rate(result: dict[str, Any]) -> float:
+    return float(result["lines"]) / float(result["elapsed"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--lines", type=int, default=2_000_000, help="log size for rebuild and views")
+    parser.add_argument("--lines", type=int, default=2_000_000, help="size of the typical log")
     parser.add_argument("--lag-seconds", type=float, default=20.0, help="duration of the live-lag run")
     parser.add_argument("--rate", type=float, default=1000.0, help="frames/s during the live-lag run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measure (the fastest is kept)")
     parser.add_argument(
+        "--old", type=Path, default=None, help="a checkout of an earlier version to measure too"
+    )
+    parser.add_argument("--no-views", action="store_true", help="skip the views vs read_json measure")
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="where to build the logs (default: a temp dir)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        name, *rest = args.child
+        print(orjson.dumps(CHILDREN[name](*rest)).decode())
+        return
 
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=190)
+    versions = [("this", ROOT)] + ([("old", args.old.resolve())] if args.old else [])
     work = Path(tempfile.mkdtemp(prefix="capture-bench-", dir=args.workdir))
+    table = Table(title=f"capture projections bench: {args.lines:,}-line typical log")
+    for column in ("measure", *(name for name, _ in versions), "reference", "goal"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
     try:
-        data_dir = work / "data"
-        console.print(f"[dim]generating ~{args.lines:,} lines in {data_dir} …[/dim]")
-        started = time.perf_counter()
-        total = generate(data_dir, args.lines)
-        size = sum(p.stat().st_size for p in events_dir(data_dir).iterdir())
-        console.print(
-            f"[dim]{total:,} lines, {size / 2**20:,.0f} MiB in {time.perf_counter() - started:.0f} s[/dim]"
-        )
-
-        console.print("[dim]parse-only ceiling and rebuild, taking turns …[/dim]")
-        ceiling, built = best_of(
-            args.repeats,
-            lambda: parse_ceiling(data_dir),
-            lambda: rebuild_run(data_dir, work / "rebuild.db", total),
-        )
-        console.print("[dim]views vs direct read_json …[/dim]")
-        views = views_vs_direct(data_dir, max(5, args.repeats))
-        console.print(f"[dim]live lag at {args.rate:,.0f} frames/s for {args.lag_seconds:.0f} s …[/dim]")
-        lag = live_lag(work, args.lag_seconds, args.rate)
-        other_mixes = []  # (label, lines, ceiling, rebuild) of the smaller logs of another mix
-        for mix, label in (("dense", "dense log (27% user turns)"), ("every_source", "every source")):
-            lines = max(args.lines // 4, 10_000)
-            console.print(f"[dim]{label}: {lines:,} lines, ceiling and rebuild …[/dim]")
-            mix_dir = work / mix
-            mix_total = generate(mix_dir, lines, mix)
-            mix_ceiling, mix_built = best_of(
-                args.repeats,
-                lambda: parse_ceiling(mix_dir),  # noqa: B023 - called before the loop moves on
-                lambda: rebuild_run(mix_dir, work / f"{mix}.db", mix_total),  # noqa: B023
-            )
-            shutil.rmtree(mix_dir, ignore_errors=True)
-            other_mixes.append(
-                (f"{label}, {mix_total:,} lines, {mix_built['rows']:,} rows", mix_ceiling, mix_built)
+        logs = [
+            ("typical", args.lines, "parse"),
+            ("dense", max(args.lines // 4, 10_000), "parse_insert"),
+            ("every_source", max(args.lines // 4, 10_000), "parse"),
+        ]
+        for mix, size, ceiling_name in logs:
+            data_dir = work / mix
+            console.print(f"[dim]{mix}: generating ~{size:,} lines …[/dim]")
+            total = generate(data_dir, size, mix)
+            mib = sum(p.stat().st_size for p in events_dir(data_dir).iterdir()) / 2**20
+            ceiling_args = (data_dir,) if ceiling_name == "parse" else (data_dir, work / "ceiling.db")
+            console.print(
+                f"[dim]{mix}: {total:,} lines, {mib:,.0f} MiB; ceiling and rebuilds, taking turns …[/dim]"
             )
 
-        ceiling_rate = ceiling["lines"] / ceiling["elapsed"]
-        rebuild_rate = built["lines"] / built["elapsed"]
-        table = Table(
-            title=f"capture projections bench: {total:,} lines ({built['rows']:,} user turns), "
-            f"{size / 2**20:,.0f} MiB of log"
-        )
-        table.add_column("measure")
-        table.add_column("capture", justify="right")
-        table.add_column("reference", justify="right")
-        table.add_column("ratio / target", justify="right")
-        table.add_row(
-            "rebuild throughput (lines/s)",
-            f"{rebuild_rate:,.0f}",
-            f"{ceiling_rate:,.0f} (orjson parse only)",
-            f"{rebuild_rate / ceiling_rate:.2f}x (>= 0.5x)",
-        )
-        for label, mix_ceiling, mix_built in other_mixes:
-            mix_rate = mix_built["lines"] / mix_built["elapsed"]
-            mix_ceiling_rate = mix_ceiling["lines"] / mix_ceiling["elapsed"]
+            measures = [functools.partial(child, ROOT, ceiling_name, *ceiling_args)]
+            measures += [
+                functools.partial(child, code, "rebuild", data_dir, work / "rebuild.db", total)
+                for _, code in versions
+            ]
+            ceiling, *built = best_of(args.repeats, *measures)
+            goal = "1.0x" if mix == "typical" else "0.5x" if mix == "dense" else ""
+            label = {"typical": "parse only", "dense": "parse + executemany", "every_source": "parse only"}[
+                mix
+            ]
             table.add_row(
-                f"  same, {label}",
-                f"{mix_rate:,.0f}",
-                f"{mix_ceiling_rate:,.0f}",
-                f"{mix_rate / mix_ceiling_rate:.2f}x",
+                f"rebuild, {mix}: {total:,} lines, {built[0]['rows']:,} rows, {mib:,.0f} MiB (lines/s = x ceiling)",
+                *(f"{rate(b):,.0f} = {rate(b) / rate(ceiling):.2f}x" for b in built),
+                f"{rate(ceiling):,.0f} ({label})",
+                goal,
             )
+            if mix == "typical":
+                table.add_row(
+                    "  time / CPU (s)",
+                    *(f"{b['elapsed']:.1f} / {b['cpu']:.1f}" for b in built),
+                    f"{ceiling['elapsed']:.1f}",
+                    "",
+                )
+                table.add_row(
+                    "  peak RSS (MiB): rebuild + read-ahead process",
+                    *(f"{b['peak_mb']:.0f} + {b['children_peak_mb']:.0f}" for b in built),
+                    f"parse only {ceiling['peak_mb']:.0f}",
+                    "flat",
+                )
+                table.add_row(
+                    "  RSS at 25/50/75/100% (MiB)",
+                    *(" / ".join(f"{q:.0f}" if q is not None else "-" for q in b["quarters"]) for b in built),
+                    "",
+                    "flat",
+                )
+                if not args.no_views:
+                    console.print("[dim]views vs direct read_json …[/dim]")
+                    views = child(ROOT, "views", data_dir, max(5, args.repeats))
+            shutil.rmtree(data_dir, ignore_errors=True)
+        console.print(f"[dim]live lag at {args.rate:,.0f} frames/s for {args.lag_seconds:.0f} s …[/dim]")
+        lags = [child(code, "lag", work, args.lag_seconds, args.rate) for _, code in versions]
         table.add_row(
-            "rebuild time / rows written",
-            f"{built['elapsed']:.1f} s / {built['rows']:,} rows",
-            f"{ceiling['elapsed']:.1f} s",
-            f"CPU {built['cpu']:.1f} s in both processes",
-        )
-        quarters = " / ".join(f"{q:.0f}" if q is not None else "-" for q in built["quarters"])
-        table.add_row(
-            "rebuild peak RSS (MiB): folding / read-ahead process",
-            f"{built['peak_mb']:.0f} / {built['children_peak_mb']:.0f}",
-            f"log {size / 2**20:,.0f} MiB; parse-only {ceiling['peak_mb']:.0f}",
-            f"RSS at 25/50/75/100%: {quarters}",
-        )
-        table.add_row(
-            f"live lag at {lag['rate']:,.0f} frames/s (ms)",
-            f"p50 {lag['p50']:.1f} / p99 {lag['p99']:.1f}",
-            f"max {lag['max']:.1f}; {lag['rows']:,} rows",
+            f"live lag at {args.rate:,.0f} frames/s (ms): p50 / p99 / max",
+            *(f"{lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f}" for lag in lags),
+            f"{lags[0]['rows']:,} rows",
             "p99 <= 100 ms",
         )
-        ratios = []
-        for name, view_time, direct_time in views["aggregates"]:
-            ratios.append(direct_time / view_time)
+        if not args.no_views:
+            ratios = []
+            for name, view_time, direct_time in views["aggregates"]:
+                ratios.append(direct_time / view_time)
+                table.add_row(
+                    f"`events` view: {name} (s)",
+                    f"{view_time:.3f} = {direct_time / view_time:.2f}x",
+                    *([""] * (len(versions) - 1)),
+                    f"{direct_time:.3f} (read_json)",
+                    ">= 0.9x",
+                )
+            mean = 1.0
+            for ratio in ratios:
+                mean *= ratio
             table.add_row(
-                f"`events` view: {name} (s)",
-                f"{view_time:.3f}",
-                f"{direct_time:.3f} (direct read_json)",
-                f"{direct_time / view_time:.2f}x (>= 0.9x)",
+                "  views, geometric mean",
+                f"{mean ** (1 / len(ratios)):.2f}x",
+                *([""] * (len(versions) - 1)),
+                "",
+                ">= 0.9x",
             )
-        mean = 1.0
-        for ratio in ratios:
-            mean *= ratio
-        table.add_row("  views, geometric mean", "", "", f"{mean ** (1 / len(ratios)):.2f}x (>= 0.9x)")
         table.add_row(
-            "count(*) over `user_texts` view (s)",
-            f"{views['user_texts_view']:.3f}",
-            f"{views['user_texts_rows']:,} rows",
-            "",
+            "lines of code in projections/", *(f"{lines_of_code(code):,}" for _, code in versions), "", ""
         )
         console.print(table)
     finally:

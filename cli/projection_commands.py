@@ -16,8 +16,8 @@ from rich.table import Table
 from cli.options import DataDir, DbPath
 from cli.output import console, err_console, progress_bar, reporting_errors
 from ingest.errors import QueryError
+from projections import ProjectReport, default_db_path, log_last_seq, project, rebuild
 from projections.duckdb_views import QueryResult, default_duckdb_path, open_analytics, run_query
-from projections.sqlite import ProjectReport, default_db_path, log_last_seq, project, rebuild
 
 
 __all__ = ["OutputFormat", "register"]

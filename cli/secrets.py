@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ingest.sources.relay import RELAY_TOKEN_ENV
+from ingest.secrets import API_KEY_ENV, RELAY_TOKEN_ENV, SECRET_ENV_VARS, WEBHOOK_SECRET_ENV
 
 
 __all__ = ["API_KEY_ENV", "RELAY_TOKEN_ENV", "WEBHOOK_SECRET_ENV", "Secrets", "take_secrets"]
-
-API_KEY_ENV = "ELEVENLABS_API_KEY"
-WEBHOOK_SECRET_ENV = "ELEVENLABS_WEBHOOK_SECRET"
 
 
 @dataclass(frozen=True)
@@ -31,4 +28,4 @@ def take_secrets() -> Secrets:
     one, whether the command uses it or not.
 
     """
-    return Secrets(*(os.environ.pop(name, "") for name in (API_KEY_ENV, WEBHOOK_SECRET_ENV, RELAY_TOKEN_ENV)))
+    return Secrets(*(os.environ.pop(name, "") for name in SECRET_ENV_VARS))

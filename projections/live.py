@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest.log.writer import LogWriter
-from projections.follow import DEFAULT_POLL_INTERVAL, NICENESS_STEP, follower_niceness
-from projections.module_process import module_command
+from ingest.secrets import without_secrets
+from projections.follow import NICENESS_STEP, follower_niceness
+from projections.runner import DEFAULT_POLL_INTERVAL
 from projections.sqlite import UserTextStore, default_db_path, projection_status
 
 
@@ -37,6 +38,22 @@ __all__ = [
 ]
 
 log = logging.getLogger("capture.projection")
+
+# The folder holding the top-level packages: the child must import this very code.
+_IMPORT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _follower_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run ``python -m projections.follow *args`` on this code.
+
+    The folder holding the packages goes first on the child's ``PYTHONPATH``,
+    whatever the working directory and however ``capture`` was installed, and
+    ``-P`` keeps ``-m`` from putting the working directory before it (a folder
+    holding another checkout's packages would otherwise win).
+    """
+    env = without_secrets(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-P", "-m", "projections.follow", *args], env
 
 
 class LiveProjection:
@@ -103,8 +120,7 @@ def start_live_projection(
     """
     db_path = db_path or default_db_path(data_dir)
     UserTextStore.open(db_path).close()
-    argv, env = module_command(
-        "projections.follow",
+    argv, env = _follower_command(
         "--data-dir",
         str(data_dir.resolve()),
         "--db",

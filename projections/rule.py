@@ -87,6 +87,7 @@ from ingest.log.envelope import LogLine
 
 __all__ = [
     "AGENT_WS",
+    "BODY_SOURCES",
     "CAPTURE",
     "CLOSED_TYPE",
     "COLUMNS",
@@ -108,7 +109,6 @@ __all__ = [
     "FoldState",
     "Gap",
     "Kind",
-    "LiveTurn",
     "Medium",
     "SkipReason",
     "TableView",
@@ -116,11 +116,9 @@ __all__ = [
     "UserTextRow",
     "entry_key",
     "fold",
-    "is_blank",
     "line_key",
-    "live_turn",
-    "new_turn",
     "normalize",
+    "reads",
     "spoken_key",
     "turn_time",
     "typed_key",
@@ -175,6 +173,8 @@ LIVE_RULE_TYPES: Mapping[str, Mapping[str, str]] = {
     MONITOR: {"user_transcript": "in"},
     CAPTURE: {CLOSED_TYPE: "in"},
 }
+#: The sources whose lines hold a whole conversation (a GET-conversation body).
+BODY_SOURCES = (REST, WEBHOOK)
 
 #: Live sources whose ``user_transcript`` is the platform's transcript of the user's own audio.
 SPOKEN_LIVE_SOURCES = (AGENT_WS, RELAY)
@@ -294,9 +294,6 @@ class FoldState:
     user_ids: dict[str, str] = field(default_factory=dict)
     typed: TypedCounts = field(default_factory=dict)
 
-    def copy(self) -> FoldState:
-        return FoldState(self.last_seq, dict(self.user_ids), {c: dict(n) for c, n in self.typed.items()})
-
 
 @dataclass
 class FoldResult:
@@ -334,13 +331,11 @@ class FoldResult:
     last_seq: int = 0
 
 
-def is_blank(text: str) -> bool:
-    """Whether ``text`` is empty or made only of :data:`WHITESPACE`."""
-    return not text.strip(WHITESPACE)
-
-
 def normalize(text: str) -> str:
-    """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed."""
+    """Return ``text`` as compared: :data:`WHITESPACE` runs become one space, ends trimmed.
+
+    A text made only of :data:`WHITESPACE` (a blank one) becomes ``""``.
+    """
     if text.isascii():
         # Most texts are already normal: printable ASCII has no WHITESPACE but " ".
         if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
@@ -526,126 +521,27 @@ class _Row:
         )
 
 
-class LiveTurn(NamedTuple):
-    """A live user turn (``agent_ws``, ``monitor``) as its line gives it: all of its sighting but what the fold's state adds.
+def reads(envelope: Mapping[str, Any]) -> bool:
+    """Whether the rule reads a line, from its parsed envelope (what the fold checks first).
 
-    :func:`live_turn` reads it off a line; :func:`fold` takes it in place of
-    that line, with the same result. It is what a read-ahead process sends for
-    the lines that are user turns: as a plain tuple, it unpickles in a
-    fraction of the time the line takes to decode.
-
-    Attributes:
-        seq: The line's seq.
-        source: The envelope's source.
-        typed: A ``user_message`` sent (else a ``user_transcript`` received).
-        text: The turn's text as logged (a string, not blank).
-        key: Its spoken or line key; ``None`` for a typed turn in a
-            conversation (its key counts the connection's typed turns).
-        normal: ``text`` normalised (:func:`normalize`).
-        event_id: The transcript's ``event_id`` (an int or a string), else ``None``.
-        conversation_id: The envelope's conversation id, if a string.
-        connection_id: The envelope's connection id, if a string.
-        user_id: The frame's own ``user_id``, if a non-empty string.
-        received_at: The envelope's ``received_at``.
-        frame: The frame's bytes as logged.
-
+    A live source's line is read for the frame types of :data:`LIVE_RULE_TYPES`
+    in their direction; a REST line always; a webhook line when it holds a
+    ``post_call_transcription`` or a frame under ``raw`` (its type is inside).
     """
-
-    seq: int
-    source: str
-    typed: bool
-    text: str
-    key: str | None
-    normal: str
-    event_id: int | str | None
-    conversation_id: str | None
-    connection_id: str | None
-    user_id: str | None
-    received_at: str
-    frame: bytes
-
-
-#: Make a :class:`LiveTurn` from a tuple of its fields (without calling Python code).
-new_turn: Callable[[tuple[Any, ...]], LiveTurn] = functools.partial(tuple.__new__, LiveTurn)
-
-
-def _read_live(line: LogLine, event: dict[str, Any], source: str, typed: bool) -> LiveTurn | str:
-    """The turn of a live user-turn line, or the :class:`SkipReason` value it gives no row for."""
-    # The hot path of a rebuild: helpers are inlined (orjson makes exact types).
-    event_id: Any = None
-    if typed:
-        text = event.get("text")
-    else:
-        inner = event.get("user_transcription_event")
-        if type(inner) is not dict:
-            return SkipReason.NO_TEXT.value
-        text = inner.get("user_transcript")
-        event_id = inner.get("event_id")
-        if type(event_id) is not int and type(event_id) is not str:
-            event_id = None
-    if type(text) is not str:
-        return SkipReason.NO_TEXT.value
-    if not text.strip(WHITESPACE):
-        return SkipReason.EMPTY_TEXT.value
-    envelope = line.envelope
-    seq = line.seq
-    conversation_id = envelope.get("conversation_id")
-    connection_id = envelope.get("connection_id")
-    if type(connection_id) is not str:
-        connection_id = None
-    normal = normalize(text)
-    key: str | None = None
-    if type(conversation_id) is not str:
-        conversation_id = None
-        key = line_key(seq)
-    elif not typed:
-        key = line_key(seq) if event_id is None else spoken_key(conversation_id, str(event_id), normal)
-    user_id = event.get("user_id")
-    if type(user_id) is not str or not user_id:
-        user_id = None
-    return new_turn(
-        (
-            seq,
-            source,
-            typed,
-            text,
-            key,
-            normal,
-            event_id,
-            conversation_id,
-            connection_id,
-            user_id,
-            str(envelope.get("received_at")),
-            line.frame,
-        )
-    )
-
-
-def _live_read(line: LogLine) -> tuple[str, str, dict[str, Any]] | None:
-    """(source, frame type, frame) of a live line the rule reads (its direction checked), else ``None``."""
-    envelope = line.envelope
     source = envelope.get("source")
-    event = line.event
-    if type(source) is not str or event is None or (wanted := LIVE_RULE_TYPES.get(source)) is None:
-        return None
+    if type(source) is not str:
+        return False
+    event = envelope.get("event")
+    if source in BODY_SOURCES:
+        if type(event) is dict:
+            return source == REST or event.get("type") == TRANSCRIPTION_TYPE
+        return type(envelope.get("raw")) is str
+    kinds = LIVE_RULE_TYPES.get(source)
+    if kinds is None or type(event) is not dict:
+        return False
     kind = event.get("type")
-    if (
-        type(kind) is not str
-        or (direction := wanted.get(kind)) is None
-        or direction != envelope.get("direction")
-    ):
-        return None
-    return source, kind, event
-
-
-def live_turn(line: LogLine) -> LiveTurn | None:
-    """The live user turn ``line`` holds, or ``None`` (another kind of line, or a turn without text)."""
-    read = _live_read(line)
-    if read is None or (read[1] != _TRANSCRIPT and read[1] != _MESSAGE):
-        return None
-    source, kind, event = read
-    found = _read_live(line, event, source, kind == _MESSAGE)
-    return None if isinstance(found, str) else found
+    direction = kinds.get(kind) if type(kind) is str else None
+    return direction is not None and direction == envelope.get("direction")
 
 
 class _Extractor:
@@ -685,19 +581,49 @@ class _Extractor:
             self.state.user_ids[connection_id] = user_id
             self.result.user_ids[connection_id] = user_id
 
-    def turn(self, turn: LiveTurn) -> None:
-        """A live turn's sighting: what the connection's state adds (typed count, ``user_id``), as a row."""
-        # The hot path of a rebuild: helpers are inlined.
-        seq, source, typed, text, key, normal, event_id, conversation_id = turn[:8]
-        connection_id, user_id, received_at, frame = turn[8:]
-        if key is None and conversation_id is not None:
+    def turn(self, line: LogLine, event: dict[str, Any], source: str, typed: bool) -> None:
+        """A live turn's sighting (a ``user_message`` sent if ``typed``, else a ``user_transcript``), as a row."""
+        # The hot path of a rebuild: helpers are inlined (orjson makes exact types).
+        event_id: Any = None
+        if typed:
+            text = event.get("text")
+        else:
+            inner = event.get("user_transcription_event")
+            if type(inner) is not dict:
+                self.result.skipped[SkipReason.NO_TEXT] += 1
+                return
+            text = inner.get("user_transcript")
+            event_id = inner.get("event_id")
+            if type(event_id) is not int and type(event_id) is not str:
+                event_id = None
+        if type(text) is not str:
+            self.result.skipped[SkipReason.NO_TEXT] += 1
+            return
+        normal = normalize(text)
+        if not normal:
+            self.result.skipped[SkipReason.EMPTY_TEXT] += 1
+            return
+        envelope = line.envelope
+        seq = line.seq
+        conversation_id = envelope.get("conversation_id")
+        connection_id = envelope.get("connection_id")
+        if type(connection_id) is not str:
+            connection_id = None
+        if type(conversation_id) is not str:
+            conversation_id = None
+            key = line_key(seq)
+        elif typed:
             # A typed turn in a conversation: its key counts the connection's typed turns.
-            result = self.result
             scope = (conversation_id, normal)
             counts = self.state.typed.setdefault(connection_id, {})
             counts[scope] = occurrence = counts.get(scope, 0) + 1
-            result.typed.setdefault(connection_id, {})[scope] = occurrence
+            self.result.typed.setdefault(connection_id, {})[scope] = occurrence
             key = typed_key(conversation_id, normal, occurrence)
+        else:
+            key = line_key(seq) if event_id is None else spoken_key(conversation_id, str(event_id), normal)
+        user_id = event.get("user_id")
+        if type(user_id) is not str or not user_id:
+            user_id = None
         if connection_id is not None:
             user_id = self.state.user_ids.get(connection_id, user_id)  # the init frame's, else the turn's own
         medium = _TEXT if typed else _AUDIO if source in SPOKEN_LIVE_SOURCES else None
@@ -709,10 +635,10 @@ class _Extractor:
                 conversation_id,
                 user_id or DEFAULT_USER_ID,
                 text,
-                received_at,
+                str(envelope.get("received_at")),
                 (
                     _metadata_template(source, medium, True)
-                    % (frame, seq, orjson.dumps(event_id), seq, orjson.dumps(user_id))
+                    % (line.frame, seq, orjson.dumps(event_id), seq, orjson.dumps(user_id))
                 ).decode("utf-8"),
                 _source_json(source)[1],
                 seq,
@@ -784,28 +710,28 @@ class _Extractor:
             )
             self.sightings.append(_new_sighting((row, spoken, alias, [source, seq, index, medium, user_id])))
 
-    def line(self, line: LogLine | LiveTurn) -> None:
-        if isinstance(line, LiveTurn):
-            self.turn(line)
-            return
+    def line(self, line: LogLine) -> None:
         envelope = line.envelope
         source = envelope.get("source")
-        if type(source) is str and source in LIVE_RULE_TYPES:
-            read = _live_read(line)
-            if read is None:
+        if type(source) is not str:
+            return
+        wanted = LIVE_RULE_TYPES.get(source)
+        if wanted is not None:
+            event = line.event
+            if event is None:
                 return
-            source, kind, event = read
+            kind = event.get("type")
+            if type(kind) is not str or (direction := wanted.get(kind)) is None:
+                return
+            if direction != envelope.get("direction"):
+                return
             if kind == _TRANSCRIPT or kind == _MESSAGE:
-                found = _read_live(line, event, source, kind == _MESSAGE)
-                if isinstance(found, str):
-                    self.result.skipped[found] += 1
-                else:
-                    self.turn(found)
+                self.turn(line, event, source, kind == _MESSAGE)
             elif kind == INIT_TYPE:
                 self.init(envelope, event)
-            else:
+            elif kind == CLOSED_TYPE:
                 self.close(envelope.get("connection_id"))
-        elif source == REST or source == WEBHOOK:
+        elif source in BODY_SOURCES:
             body = line.event
             if body is None and isinstance(envelope.get("raw"), str):
                 body = _parsed_frame(line.frame)  # not on one line, e.g. pretty-printed
@@ -904,15 +830,14 @@ def _merge(sightings: list[Sighting], table: TableView, result: FoldResult) -> N
     result.deleted.extend(sorted(deleted))
 
 
-def fold(state: FoldState, lines: Iterable[LogLine | LiveTurn | range], table: TableView) -> FoldResult:
+def fold(state: FoldState, lines: Iterable[LogLine | range], table: TableView) -> FoldResult:
     """Apply ``lines`` (in log order) to ``state`` and return the rows they create or change.
 
-    Consecutive lines whose frame the caller knows the rule does not read may
-    be given as the ``range`` of their seqs: they give no row but move the
-    position and show gaps; a line holding a live user turn may be given as
-    its :func:`live_turn`. ``state`` is advanced in place; keep a
-    :meth:`FoldState.copy` if the result may not be stored. ``table`` must
-    hold what every earlier batch produced. Folding a log in one call or in
+    Consecutive lines whose frame the caller knows the rule does not read (see
+    :func:`reads`) may be given as the ``range`` of their seqs: they give no
+    row but move the position and show gaps. ``state`` is advanced in place
+    (reload it if the result is not stored). ``table`` must hold what every
+    earlier batch produced. Folding a log in one call or in
     any number of batches gives the same table.
     """
     result = FoldResult(last_seq=state.last_seq)

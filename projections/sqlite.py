@@ -1,6 +1,8 @@
-"""The SQLite ``user_texts`` table: schema, position, catch-up and atomic rebuild.
+"""The SQLite store of the ``user_texts`` table: schema, position in the same transaction, atomic rebuild.
 
-The database is a disposable function of the log. Guarantees:
+:class:`UserTextStore` is a :class:`~projections.store.Store`: the runner
+(:mod:`projections.runner`) folds the log into it. The database is a
+disposable function of the log. Guarantees:
 
 * the position (seq of the last applied line) is stored in the same
   transaction as the rows it produced and changed, and the fold's state
@@ -9,26 +11,23 @@ The database is a disposable function of the log. Guarantees:
 * the store is the fold's :class:`~projections.rule.TableView`: it
   reads the rows and aliases a batch touches, by key, one query each;
 * every write transaction first checks that the stored position is the one
-  the batch was folded from, so two projectors (the live one and ``capture
-  project``) never interleave batches: the loser reloads and re-reads;
+  the batch was folded from, and that the file is still the one opened, so two
+  projectors (the live one and ``capture project``) never interleave batches,
+  and none writes on in a file a rebuild renamed over: the loser reloads and re-reads;
 * WAL mode: readers never block the projector and never see a partial batch;
-* :func:`rebuild` builds a whole new file, then swaps it in atomically;
-* the schema is versioned: an older database is migrated when a migration
-  exists, otherwise the user is told to run ``capture rebuild``.
+* :func:`rebuild_into` builds a whole new file, then swaps it in atomically;
+* the schema is versioned: a database of another version is refused with
+  "run ``capture rebuild``".
 
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,38 +35,25 @@ from typing import Any
 import orjson
 
 from ingest.errors import CaptureError, ProjectionError
-from ingest.log.envelope import LineError, decode_line
 from ingest.log.lock import fsync_dir
-from ingest.log.reader import last_seq_of, open_segment
-from ingest.log.segments import first_seq_of, list_segments
-from ingest.log.writer import events_dir
-from projections.log_scan import LineItem, Position, ScanStats, scan
-from projections.read_ahead import scan_ahead, worth_reading_ahead
-from projections.rule import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCounts, UserTextRow, fold
+from projections.reader import Position, log_last_seq
+from projections.rule import COLUMNS, FoldResult, FoldState, SkipReason, TypedCounts, UserTextRow
 
 
 __all__ = [
     "DEFAULT_DB_NAME",
     "SCHEMA_VERSION",
-    "ProjectReport",
-    "Progress",
     "UserTextStore",
     "default_db_path",
     "iter_rows",
-    "log_last_seq",
-    "project",
     "projection_status",
-    "rebuild",
+    "rebuild_into",
 ]
 
 DEFAULT_DB_NAME = "whatsapp_storage.db"
 # 2: one row per user turn over every source (sources merged, ids = first
 # sighting's place, new keys and metadata); version-1 rows cannot be converted.
 SCHEMA_VERSION = 2
-
-#: Called after each committed batch with the seq of the last applied line.
-Progress = Callable[[int], None]
-
 
 _OUR_TABLES = frozenset(
     {
@@ -133,10 +119,6 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS user_texts_timestamp ON user_texts (timestamp)",
 )
 
-# From-version -> statements that bring a database to the next version. A
-# change that SQL cannot express gets no entry: users are told to rebuild.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
-
 _INSERT_ROW = f"INSERT INTO user_texts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # A row's id is fixed by the fold: a changed row replaces the stored one with the same id.
 _REPLACE_ROW = "INSERT OR REPLACE" + _INSERT_ROW[len("INSERT") :]
@@ -168,55 +150,57 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@dataclass
-class ProjectReport:
-    """What one :func:`project` or :func:`rebuild` did.
-
-    Attributes:
-        db_path: The database written.
-        lines_read: Log lines applied (valid, not duplicated).
-        rows_written: Rows inserted.
-        skipped: Count per :class:`~projections.rule.SkipReason` value.
-        gaps: Jumps in seq seen while reading.
-        last_seq: The stored position afterwards.
-        partial_tail: The log ended with a line still being written (or a
-            torn tail the next ``capture ingest`` will move aside).
-        elapsed: Seconds taken.
-        swap: For a rebuild, how the new file took the old one's place:
-            ``"renamed"`` (no old file) or ``"copied"`` (SQLite's backup API
-            into the live file, one transaction).
-
-    """
-
-    db_path: Path
-    lines_read: int = 0
-    rows_written: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    gaps: list[Gap] = field(default_factory=list)
-    last_seq: int = 0
-    partial_tail: bool = False
-    elapsed: float = 0.0
-    swap: str | None = None
-
-    @property
-    def lines_per_second(self) -> float:
-        return self.lines_read / self.elapsed if self.elapsed > 0 else 0.0
-
-
 def _error(db_path: Path, exc: sqlite3.Error) -> ProjectionError:
     return ProjectionError(f"{db_path}: {exc}")
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _connect(db_path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open the database at ``db_path`` in WAL mode, creating it and its schema if needed."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise ProjectionError(f"cannot open {db_path}: {exc}") from exc
+    try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives a process crash; a power cut may
+        # drop the last commits, and the stored position drops with them.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        # After a rebuild's copy the WAL is as big as the table; trim it back.
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+        _ensure_schema(conn, db_path)
+        return conn
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _error(db_path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+
+
 class UserTextStore:
-    """An open ``user_texts`` database.
+    """An open ``user_texts`` database: a :class:`~projections.store.Store`.
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`.
     Not thread-safe.
     """
 
-    def __init__(self, db_path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, db_path: Path, conn: sqlite3.Connection, *, busy_timeout: float = _BUSY_TIMEOUT
+    ) -> None:
         self.db_path = db_path
         self._conn = conn
+        self._busy_timeout = busy_timeout
+        self._identity = _file_identity(db_path)
         self.state = FoldState()
         self.reload()
 
@@ -227,36 +211,26 @@ class UserTextStore:
         Raises:
             ProjectionError: the file is not a usable database, holds an
                 unrelated ``user_texts`` table, or was built by another
-                schema version that cannot be migrated (the message says to
-                run ``capture rebuild``).
+                schema version (the message says to run ``capture rebuild``).
 
         """
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise ProjectionError(f"cannot open {db_path}: {exc}") from exc
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives a process crash; a power cut may
-            # drop the last commits, and the stored position drops with them.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # After a rebuild's copy the WAL is as big as the table; trim it back.
-            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-            _ensure_schema(conn, db_path)
-            return cls(db_path, conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _error(db_path, exc) from exc
-        except BaseException:
-            conn.close()
-            raise
+        return cls(db_path, _connect(db_path, busy_timeout), busy_timeout=busy_timeout)
+
+    def _replaced(self) -> bool:
+        """Whether the file at ``db_path`` is no longer the one opened (a rebuild renamed a new one over it)."""
+        return _file_identity(self.db_path) != self._identity
 
     def reload(self) -> None:
-        """Re-read the position and the fold state from the database."""
+        """Re-read the position and the fold state; reopen first if the file was replaced."""
+        if self._replaced():
+            self._conn.close()
+            self._conn = _connect(self.db_path, self._busy_timeout)
+            self._identity = _file_identity(self.db_path)
         try:
             row = self._conn.execute("SELECT last_seq FROM projection_state WHERE id = 1").fetchone()
+            self._has_aliases = (
+                self._conn.execute("SELECT 1 FROM projection_aliases LIMIT 1").fetchone() is not None
+            )
             users = dict(self._conn.execute("SELECT connection_id, user_id FROM projection_users"))
             typed: TypedCounts = {}
             for scope, n in self._conn.execute("SELECT scope, n FROM projection_typed"):
@@ -265,6 +239,11 @@ class UserTextStore:
         except sqlite3.Error as exc:
             raise _error(self.db_path, exc) from exc
         self.state = FoldState(int(row[0]), users, typed)
+
+    def is_busy(self, error: ProjectionError) -> bool:
+        """Whether ``error`` only means another connection held the write lock past the busy timeout."""
+        cause = error.__cause__
+        return isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
 
     def rows(self, keys: Collection[str]) -> Mapping[str, UserTextRow]:
         """Return the stored rows whose ``dedup_key`` is one of ``keys`` (the fold's :class:`TableView`)."""
@@ -278,6 +257,10 @@ class UserTextStore:
 
     def aliases(self, keys: Collection[str]) -> Mapping[str, str]:
         """Return the stored aliases among ``keys`` (the fold's :class:`TableView`)."""
+        if not self._has_aliases:
+            # Most logs have none (no typed REST/webhook entry with an id). Another
+            # projector adding some moves the position too, so the batch is refused.
+            return {}
         try:
             return dict(self._conn.execute(_SELECT_ALIASES, (orjson.dumps(list(keys)),)))
         except sqlite3.Error as exc:
@@ -304,13 +287,16 @@ class UserTextStore:
         Returns:
             How many rows the table gained (new turns less rows merged into
             others), or ``None`` if the stored position is no longer
-            ``from_seq`` (another projector moved it): nothing was written,
-            :meth:`reload` and read again.
+            ``from_seq`` (another projector moved it) or the file at
+            ``db_path`` was replaced: nothing was written, :meth:`reload`
+            and read again.
 
         Raises:
             ProjectionError: the database cannot be written.
 
         """
+        if self._replaced():
+            return None
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -332,6 +318,7 @@ class UserTextStore:
                         "INSERT OR IGNORE INTO projection_aliases (alias_key, key) VALUES (?, ?)",
                         result.aliases.items(),
                     )
+                    self._has_aliases = True
                 _store_connections(conn, result)
                 if invalid:
                     before = conn.total_changes
@@ -413,7 +400,7 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
 
 
 def _ensure_schema(conn: sqlite3.Connection, db_path: Path, *, indexes: bool = True) -> None:
-    """Create the schema in an empty database, or check and migrate an existing one."""
+    """Create the schema in an empty database, or check an existing one's version."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         tables = _tables(conn)
@@ -440,144 +427,16 @@ def _ensure_schema(conn: sqlite3.Connection, db_path: Path, *, indexes: bool = T
                     f"{db_path} was built by a newer capture (schema {version}, this one knows "
                     f"{SCHEMA_VERSION}); upgrade capture, or run `capture rebuild` to rebuild it from the log"
                 )
-            while version < SCHEMA_VERSION:
-                steps = _MIGRATIONS.get(version)
-                if steps is None:
-                    raise ProjectionError(
-                        f"{db_path} was built by an older capture (schema {version}, now "
-                        f"{SCHEMA_VERSION}); run `capture rebuild` to rebuild it from the log"
-                    )
-                for statement in steps:
-                    conn.execute(statement)
-                version += 1
-                conn.execute("UPDATE projection_state SET schema_version = ? WHERE id = 1", (version,))
+            if version < SCHEMA_VERSION:
+                raise ProjectionError(
+                    f"{db_path} was built by an older capture (schema {version}, now "
+                    f"{SCHEMA_VERSION}); run `capture rebuild` to rebuild it from the log"
+                )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    # Reading a log allocates millions of short-lived dicts and no cycles:
-    # the cyclic collector's passes over them are pure overhead (about 10%).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _catch_up(
-    store: UserTextStore,
-    folder: Path,
-    report: ProjectReport,
-    *,
-    batch_lines: int,
-    progress: Progress | None,
-    read_ahead: bool | None,
-) -> None:
-    """Apply every line of the log after the store's position, batch by batch.
-
-    ``read_ahead``: read and classify in a second process (:mod:`.read_ahead`);
-    ``None`` decides by the cores and the amount to read.
-    """
-    if read_ahead is None:
-        read_ahead = worth_reading_ahead(folder, store.last_seq)
-    with _cyclic_gc_paused():
-        _apply_log(store, folder, report, batch_lines=batch_lines, progress=progress, read_ahead=read_ahead)
-
-
-def _apply_log(
-    store: UserTextStore,
-    folder: Path,
-    report: ProjectReport,
-    *,
-    batch_lines: int,
-    progress: Progress | None,
-    read_ahead: bool,
-) -> None:
-    while True:
-        stats = ScanStats()
-        lines = (scan_ahead if read_ahead else scan)(folder, store.last_seq, stats)
-        with closing(lines):  # stops a read-ahead process when another projector moved first
-            moved = _apply_scanned(store, lines, stats, report, batch_lines=batch_lines, progress=progress)
-        if not moved:
-            report.partial_tail = stats.partial_tail
-            report.last_seq = store.last_seq
-            return
-        store.reload()
-
-
-def _apply_scanned(
-    store: UserTextStore,
-    lines: Iterator[LineItem],
-    stats: ScanStats,
-    report: ProjectReport,
-    *,
-    batch_lines: int,
-    progress: Progress | None,
-) -> bool:
-    """Fold and store ``lines`` batch by batch; ``True`` if another projector moved the position first."""
-    invalid_seen = 0
-    while True:
-        from_seq = store.last_seq
-        # Folded in place: a refused batch is undone by reload().
-        result = fold(store.state, islice(lines, batch_lines), store)
-        invalid = stats.invalid[invalid_seen:]
-        if result.lines == 0 and not result.skipped and not invalid:
-            return False
-        inserted = store.apply(result, from_seq, invalid)
-        if inserted is None:
-            return True
-        invalid_seen = len(stats.invalid)
-        report.lines_read += result.lines
-        report.rows_written += inserted
-        report.skipped.update(result.skipped)
-        report.gaps.extend(result.gaps)
-        if progress is not None:
-            progress(store.last_seq)
-
-
-def project(
-    data_dir: Path,
-    db_path: Path | None = None,
-    *,
-    batch_lines: int = 10_000,
-    progress: Progress | None = None,
-    read_ahead: bool | None = None,
-) -> ProjectReport:
-    """Bring the table up to date with the log, from the stored position.
-
-    Safe to run at any time, also while ``capture ingest`` (and its live
-    projection) runs, and after a crash: it resumes where the last committed
-    batch ended. Memory stays flat: the log is streamed, ``batch_lines`` at a
-    time. ``read_ahead``: classify lines in a second process
-    (:mod:`projections.read_ahead`); by default when there are two cores and
-    much to read.
-
-    Raises:
-        ProjectionError: the database cannot be opened or written.
-        LogError: a segment cannot be read.
-
-    """
-    db_path = db_path or default_db_path(data_dir)
-    started = time.perf_counter()
-    report = ProjectReport(db_path)
-    with UserTextStore.open(db_path) as store:
-        _catch_up(
-            store,
-            events_dir(data_dir),
-            report,
-            batch_lines=batch_lines,
-            progress=progress,
-            read_ahead=read_ahead,
-        )
-    report.elapsed = time.perf_counter() - started
-    return report
 
 
 def _scratch_path(db_path: Path) -> Path:
@@ -703,32 +562,25 @@ def _swap_in(scratch: Path, db_path: Path) -> str:
     return "copied"
 
 
-def rebuild(
-    data_dir: Path,
-    db_path: Path | None = None,
-    *,
-    batch_lines: int = 20_000,
-    progress: Progress | None = None,
-    read_ahead: bool | None = None,
-) -> ProjectReport:
-    """Rebuild the table from the whole log into a new file, then swap it in.
+def rebuild_into(db_path: Path, fill: Callable[[UserTextStore], None]) -> str:
+    """Build a new database with ``fill``, then swap it in for ``db_path`` atomically; return how.
 
-    Readers of the old file never see a half-built table; a kill at any moment
-    leaves the old database untouched (a killed rebuild's scratch file
-    ``<db>.rebuild`` is reused by the next one; a failed rebuild removes it).
-    Memory stays flat.
-    ``read_ahead`` as for :func:`project`. Lines appended while the rebuild
-    runs are applied by the live projection or the next ``capture project``.
+    ``fill`` gets an empty store, in a scratch file ``<db>.rebuild`` built
+    without journal (its secondary indexes are made at the end, which is
+    faster). Readers of the old file never see a half-built table; a kill at
+    any moment leaves the old database untouched (the next rebuild reuses the
+    scratch file; a failed one removes it).
+
+    Returns:
+        ``"renamed"`` (there was no old file) or ``"copied"`` (SQLite's backup
+        API into the live file, one transaction).
 
     Raises:
         ProjectionError: the database holds tables capture did not create,
             another rebuild is running, or a file cannot be written.
-        LogError: a segment cannot be read.
+        CaptureError: whatever ``fill`` raises; the old database is kept.
 
     """
-    db_path = db_path or default_db_path(data_dir)
-    started = time.perf_counter()
-    report = ProjectReport(db_path)
     page_size = _page_size(db_path)
     scratch = _scratch_path(db_path)
     conn = _open_scratch(scratch, page_size)
@@ -738,9 +590,7 @@ def rebuild(
             _ensure_schema(conn, scratch, indexes=False)
         except sqlite3.Error as exc:
             raise _error(scratch, exc) from exc
-        store = UserTextStore(scratch, conn)
-        folder = events_dir(data_dir)
-        _catch_up(store, folder, report, batch_lines=batch_lines, progress=progress, read_ahead=read_ahead)
+        fill(UserTextStore(scratch, conn))
         try:
             for statement in _INDEXES:
                 conn.execute(statement)
@@ -756,48 +606,7 @@ def rebuild(
         # space back at once; only a killed one leaves the file for the next.
         _remove_scratch(scratch, keep=built)
     _fsync_file(scratch)
-    report.swap = _swap_in(scratch, db_path)
-    report.elapsed = time.perf_counter() - started
-    return report
-
-
-def log_last_seq(data_dir: Path) -> int | None:
-    """Return the seq of the log's last complete line, or ``None`` for an empty log.
-
-    Reads only the tail of the active segment (a compressed last segment is
-    read whole).
-    """
-    for path in reversed(list_segments(events_dir(data_dir))):
-        seq = _tail_seq(path)
-        if seq is not None:
-            return seq
-    return None
-
-
-def _tail_seq(path: Path) -> int | None:
-    if path.suffix != ".jsonl":
-        last = last_seq_of(path)
-        return last if last >= (first_seq_of(path) or 1) else None
-    chunk = 1 << 20
-    with open_segment(path) as f:
-        end = f.seek(0, os.SEEK_END)
-        start = end
-        data = b""
-        while start > 0:
-            start = max(0, start - chunk)
-            f.seek(start)
-            data = f.read(end - start)
-            lines = data.split(b"\n")
-            # lines[-1] is the bytes after the last newline (a write in progress);
-            # lines[0] may be cut by the window unless the window starts the file.
-            complete = lines[:-1] if start == 0 else lines[1:-1]
-            for raw in reversed(complete):
-                try:
-                    return decode_line(raw).seq
-                except LineError:
-                    continue
-            chunk *= 4
-    return None
+    return _swap_in(scratch, db_path)
 
 
 def projection_status(data_dir: Path, db_path: Path | None = None) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from ingest.simulator import (
     send,
     send_many,
 )
+from projections import iter_rows
 from projections.duckdb_views import open_analytics, run_query
-from projections.sqlite import iter_rows
 from tests.conftest import listening_port
 from tests.e2e.commands import TIMEOUT, assert_children_never_saw, capture, free_port, running
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +26,8 @@ from hypothesis import strategies as st
 
 from ingest.log.envelope import LogLine, Origin, decode_line, encode_line
 from ingest.log.frames import inspect_frame
-from ingest.log.segments import segment_name
-from ingest.log.writer import events_dir
+from ingest.log.segments import RotationPolicy, segment_name
+from ingest.log.writer import FsyncPolicy, LogWriter, events_dir
 from projections.rule import (
     FoldResult,
     UserTextRow,
@@ -32,6 +36,7 @@ from projections.rule import (
     spoken_key,
     typed_key,
 )
+from projections.sqlite import iter_rows
 from tests.conftest import TIMEOUT_FACTOR
 
 
@@ -152,6 +157,63 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+def dump(db: Path) -> list[tuple[Any, ...]]:
+    """The rows of a SQLite user_texts table, in id order."""
+    return list(iter_rows(db))
+
+
+def state_row(db: Path) -> tuple[Any, ...]:
+    conn = sqlite3.connect(db)
+    try:
+        return tuple(conn.execute("SELECT last_seq, lines, rows, skipped FROM projection_state").fetchone())
+    finally:
+        conn.close()
+
+
+def projected_seq(db: Path) -> int:
+    """The stored position of a SQLite table (0 while it cannot be read)."""
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(conn.execute("SELECT last_seq FROM projection_state").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def small_log(data_dir: Path) -> None:
+    """Two conversations, a resend, a blank, rotation across three segments: 16 lines, 6 rows."""
+    with LogWriter.open(data_dir, fsync=FsyncPolicy.NEVER, rotation=RotationPolicy(max_bytes=600)) as writer:
+        for n, user in ((1, "user-1"), (2, None)):
+            conn = f"conn-{n}"
+            out = Origin("agent_ws", "out", "agent_x", conn, None)
+            writer.append(out, inspect_frame(init(user)))
+            writer.append(
+                Origin("agent_ws", "in", "agent_x", conn, None), inspect_frame(metadata(f"conv_{n}"))
+            )
+            got = Origin("agent_ws", "in", "agent_x", conn, f"conv_{n}")
+            sent = Origin("agent_ws", "out", "agent_x", conn, f"conv_{n}")
+            writer.append(got, inspect_frame(transcript("I need help", 1)))
+            writer.append(got, inspect_frame(transcript("I need help", 1)))  # resent
+            writer.append(
+                got, inspect_frame('{"type":"agent_response","agent_response_event":{"agent_response":"ok"}}')
+            )
+            writer.append(sent, inspect_frame(message("yes")))
+            writer.append(sent, inspect_frame(message("yes")))
+            writer.append(sent, inspect_frame(message(" ")))
+
+
+def run_in_child(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill(child: subprocess.Popen[bytes]) -> None:
+    assert child.poll() is None, "the child finished before it could be killed: make the log bigger"
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
 
 
 class MemoryTable:

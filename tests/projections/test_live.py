@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from ingest.errors import ProjectionError
@@ -18,24 +19,20 @@ from ingest.log.frames import inspect_frame
 from ingest.log.lock import probe_lock
 from ingest.log.segments import RotationPolicy
 from ingest.log.writer import FsyncPolicy, LogWriter
+from projections import iter_rows, project, rebuild
 from projections.live import NICENESS_STEP, live_projection_sidecar, projection_status, start_live_projection
-from projections.sqlite import iter_rows, project, rebuild
-from tests.projections.rule_cases import conversation_body, message, transcript, user_entry, wait_until
+from tests.projections.rule_cases import (
+    conversation_body,
+    message,
+    projected_seq,
+    transcript,
+    user_entry,
+    wait_until,
+)
 
 
 SENT = Origin("agent_ws", "out", "agent_x", "conn-1", "conv_1")
 GOT = Origin("agent_ws", "in", "agent_x", "conn-1", "conv_1")
-
-
-def projected_seq(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1)
-        try:
-            return int(conn.execute("SELECT last_seq FROM projection_state").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
 
 
 def open_writer(data_dir: Path, max_bytes: int = 4096) -> LogWriter:
@@ -112,7 +109,8 @@ def test_project_and_rebuild_while_live_converge(tmp_path: Path) -> None:
         assert live.stop() == 0
     assert projected_seq(db) == 3_000
     rebuild(data_dir, tmp_path / "fresh.db")
-    assert list(iter_rows(db)) == list(iter_rows(tmp_path / "fresh.db"))
+    rows = list(iter_rows(db))
+    assert len(rows) == 3_000 and rows == list(iter_rows(tmp_path / "fresh.db"))
 
 
 def test_the_sidecar_hook_starts_and_stops_it(tmp_path: Path) -> None:
@@ -210,3 +208,24 @@ def test_later_sources_update_rows_live(tmp_path: Path) -> None:
         assert live.stop() == 0
     [row] = iter_rows(db)
     assert row[8] == '["agent_ws","rest"]'
+
+
+def test_the_follower_never_inherits_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library caller who left the secrets in os.environ still starts a follower without them."""
+    secrets = {
+        "ELEVENLABS_API_KEY": "sk_never_in_a_child_0123",
+        "ELEVENLABS_WEBHOOK_SECRET": "wsec_never_in_a_child_0123",
+        "CAPTURE_RELAY_TOKEN": "relay_never_in_a_child_0123",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    data_dir = tmp_path / "data"
+    with LogWriter.open(data_dir, command="test"):
+        projection = start_live_projection(data_dir)
+        try:
+            child = psutil.Process(projection.pid).environ()
+        finally:
+            projection.stop()
+    assert child  # the follower's environment was read
+    assert not set(secrets) & set(child)
+    assert not set(secrets.values()) & set(child.values())

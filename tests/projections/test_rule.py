@@ -13,21 +13,19 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ingest.log.envelope import LogLine, decode_line
-from projections.log_scan import classify_lines
+from projections.reader import line_items
 from projections.rule import (
     DEFAULT_USER_ID,
     WHITESPACE,
     FoldResult,
     FoldState,
     Gap,
-    LiveTurn,
     SkipReason,
     UserTextRow,
     fold,
-    is_blank,
     line_key,
-    live_turn,
     normalize,
+    reads,
     spoken_key,
     turn_time,
     typed_key,
@@ -57,7 +55,7 @@ T = TypeVar("T")
 
 
 def run(
-    lines: Sequence[LogLine | LiveTurn | range],
+    lines: Sequence[LogLine | range],
     state: FoldState | None = None,
     table: MemoryTable | None = None,
 ) -> list[UserTextRow]:
@@ -165,7 +163,7 @@ def test_keys_are_length_prefixed_and_texts_normalised() -> None:
 
 @pytest.mark.parametrize("text", ["", " ", "\t\n", "\u3000", "\u200b", "\xa0 \ufeff"])
 def test_blank_texts_are_skipped_and_counted(text: str) -> None:
-    assert is_blank(text)
+    assert normalize(text) == ""
     body = conversation_body("conv_1", [user_entry(text, 1)])
     result = fold(
         FoldState(),
@@ -236,6 +234,43 @@ def test_everything_else_is_not_projected_and_not_a_skip(
 ) -> None:
     result = fold(FoldState(), [line(1, frame, direction=direction, source=source)], MemoryTable())
     assert result.rows == [] and not result.skipped and result.lines == 1
+
+
+@pytest.mark.parametrize(
+    ("envelope", "expected"),
+    [
+        ({"source": "agent_ws", "direction": "in", "event": {"type": "user_transcript"}}, True),
+        ({"source": "agent_ws", "direction": "out", "event": {"type": "user_message"}}, True),
+        (
+            {
+                "source": "agent_ws",
+                "direction": "out",
+                "event": {"type": "conversation_initiation_client_data"},
+            },
+            True,
+        ),
+        ({"source": "capture", "direction": "in", "event": {"type": "connection_closed"}}, True),
+        ({"source": "monitor", "direction": "in", "event": {"type": "user_transcript"}}, True),
+        ({"source": "rest", "event": {"type": "anything"}}, True),
+        ({"source": "rest", "raw": "[1,"}, True),
+        ({"source": "rest", "raw_b64": "AA=="}, False),
+        ({"source": "webhook", "event": {"type": "post_call_transcription"}}, True),
+        ({"source": "webhook", "event": {"type": "post_call_audio"}}, False),
+        ({"source": "webhook", "raw": "{\n}"}, True),
+        ({"source": "agent_ws", "direction": "in", "event": {"type": "user_message"}}, False),
+        ({"source": "agent_ws", "direction": "", "event": {"type": "ping"}}, False),
+        ({"source": "agent_ws", "direction": "in", "event": {"type": "ping"}}, False),
+        ({"source": "agent_ws", "direction": "in", "event": {"type": ["user_transcript"]}}, False),
+        ({"source": "agent_ws", "direction": "in", "event": {"type": {"a": 1}}}, False),
+        ({"source": "agent_ws", "direction": "in", "event": 5}, False),
+        ({"source": "agent_ws", "direction": "in", "raw": "user_transcript"}, False),
+        ({"source": ["rest"], "event": {}}, False),
+        ({"event": {"type": "user_transcript"}}, False),
+    ],
+)
+def test_reads_names_the_lines_the_fold_reads(envelope: dict[str, Any], expected: bool) -> None:
+    """Whatever the JSON types in the envelope: a list or an object as a frame type is not an error."""
+    assert reads(envelope) is expected
 
 
 @pytest.mark.parametrize("kind", ["post_call_audio", "call_initiation_failure", "something_new"])
@@ -508,7 +543,7 @@ def _split(items: Sequence[T], cuts: list[int]) -> list[Sequence[T]]:
 @given(
     steps=st.lists(STEP, min_size=10, max_size=60),
     cuts=st.lists(st.integers(0, 70), max_size=8),
-    form=st.sampled_from(["decoded", "classified", "read ahead"]),
+    form=st.sampled_from(["decoded", "read"]),
 )
 def test_any_frames_in_any_batches_equal_the_reference_model(
     steps: list[Step], cuts: list[int], form: str
@@ -518,19 +553,16 @@ def test_any_frames_in_any_batches_equal_the_reference_model(
     The model groups all sightings of the whole log at once; the fold merges
     them batch by batch, so this also checks that batch boundaries and the
     order sightings arrive in do not matter. The lines go in fully decoded,
-    or as the log scanner hands them on (ranges of seqs for the lines the
-    rule does not read), or as a read-ahead process does (live user turns
-    as their LiveTurn).
+    or as the log reader hands them on (ranges of seqs for the lines the
+    rule does not read).
     """
     raw = build_log(steps)
-    items: Sequence[LogLine | LiveTurn | range]
+    items: Sequence[LogLine | range]
     if form == "decoded":
         items = [decode_line(r) for r in raw]
     else:
-        items, invalid = classify_lines(raw)
+        items, invalid = line_items(raw)
         assert invalid == []
-        if form == "read ahead":
-            items = [live_turn(item) or item if isinstance(item, LogLine) else item for item in items]
     state, table = FoldState(), MemoryTable()
     results: list[FoldResult] = []
     for batch in _split(items, cuts):

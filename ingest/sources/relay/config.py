@@ -13,13 +13,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ingest.errors import ConfigError
+from ingest.secrets import RELAY_TOKEN_ENV
 from ingest.sources.relay.tokens import DEFAULT_MAX_TOKENS, SIGNED_URL_TTL
 from ingest.sources.urls import DEFAULT_BASE_URL, ws_base_url
 
 
 __all__ = ["MAX_FRAME_BYTES", "MIN_RELAY_TOKEN_LENGTH", "RELAY_TOKEN_ENV", "RelayConfig", "is_loopback"]
 
-RELAY_TOKEN_ENV = "CAPTURE_RELAY_TOKEN"
 MIN_RELAY_TOKEN_LENGTH = 16
 #: The largest frame relayed either way, as the official SDKs accept.
 MAX_FRAME_BYTES = 16 * 1024 * 1024

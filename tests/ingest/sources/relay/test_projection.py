@@ -14,8 +14,8 @@ from ingest.log.envelope import Origin
 from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter
 from ingest.simulator import Scenario, Simulator
+from projections import iter_rows, project
 from projections.duckdb_views import open_analytics, run_query
-from projections.sqlite import iter_rows, project
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ingest.sources.relay.helpers import AGENT, config, logged, relaying
 
