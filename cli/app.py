@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import io
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
-from cli import ingest_commands, log_commands, projection_commands, relay_command, simulator_commands
+from cli import (
+    ingest_commands,
+    log_commands,
+    projection_commands,
+    relay_command,
+    simulator_commands,
+    sql_command,
+)
+from cli.command import CaptureCommand, CaptureGroup
 
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="capture",
+    cls=CaptureGroup,
     help="Capture what users say to ElevenLabs Agents into your own database.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -18,9 +34,47 @@ ingest_commands.register(app)
 relay_command.register(app)
 log_commands.register(app)
 projection_commands.register(app)
+sql_command.register(app)
 simulator_commands.register(app)
+for _command in app.registered_commands:
+    _command.cls = _command.cls or CaptureCommand
+
+
+def _version() -> str:
+    try:
+        return version("capture")
+    except PackageNotFoundError:  # a checkout that was not installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"capture {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _capture(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print capture's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Capture what users say to ElevenLabs Agents into your own database."""
+
+
+def _utf8(stream: object) -> None:
+    # Whatever the console's code page (a redirected stdout on Windows is
+    # cp1252), capture writes UTF-8; a character that cannot be written is
+    # escaped, never an error.
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(encoding="utf-8", errors="backslashreplace")
 
 
 def main() -> None:
     """Run the command line (the ``capture`` console script)."""
+    _utf8(sys.stdout)
+    _utf8(sys.stderr)
     app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from cli.process_log import hide
 from ingest.sources.relay import RELAY_TOKEN_ENV
 
 
@@ -28,7 +29,9 @@ def take_secrets() -> Secrets:
 
     Call it once, before anything starts: from then on the secrets live only in
     this process's memory, and no child process (the live projection) inherits
-    one, whether the command uses it or not.
+    one, whether the command uses it or not. The process log redacts them.
 
     """
-    return Secrets(*(os.environ.pop(name, "") for name in (API_KEY_ENV, WEBHOOK_SECRET_ENV, RELAY_TOKEN_ENV)))
+    values = [os.environ.pop(name, "") for name in (API_KEY_ENV, WEBHOOK_SECRET_ENV, RELAY_TOKEN_ENV)]
+    hide(*values)
+    return Secrets(*values)
