@@ -1,68 +1,21 @@
-"""The ``capture`` typer application; each module registers its group of commands."""
+"""The ``capture`` console script: cheap to import, so that Ctrl-C is never a traceback, not even at startup.
+
+The typer application is :mod:`cli.commands`; it is imported inside
+:func:`main`, where an interrupt while it loads ends the command as one
+anywhere else does: one line and exit 130.
+
+"""
 
 from __future__ import annotations
 
 import io
 import sys
-from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
-
-import typer
-
-from cli import (
-    ingest_commands,
-    log_commands,
-    projection_commands,
-    relay_command,
-    simulator_commands,
-    sql_command,
-)
-from cli.command import CaptureCommand, CaptureGroup
 
 
-__all__ = ["app", "main"]
+__all__ = ["main"]
 
-app = typer.Typer(
-    name="capture",
-    cls=CaptureGroup,
-    help="Capture what users say to ElevenLabs Agents into your own database.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-ingest_commands.register(app)
-relay_command.register(app)
-log_commands.register(app)
-projection_commands.register(app)
-sql_command.register(app)
-simulator_commands.register(app)
-for _command in app.registered_commands:
-    _command.cls = _command.cls or CaptureCommand
-
-
-def _version() -> str:
-    try:
-        return version("capture")
-    except PackageNotFoundError:  # a checkout that was not installed
-        return "unknown"
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"capture {_version()}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _capture(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print capture's version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Capture what users say to ElevenLabs Agents into your own database."""
+#: The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def _utf8(stream: object) -> None:
@@ -75,6 +28,14 @@ def _utf8(stream: object) -> None:
 
 def main() -> None:
     """Run the command line (the ``capture`` console script)."""
-    _utf8(sys.stdout)
-    _utf8(sys.stderr)
-    app()
+    try:
+        _utf8(sys.stdout)
+        _utf8(sys.stderr)
+        from cli.commands import app
+
+        app()
+    except KeyboardInterrupt:
+        # Only before a command runs (while capture loads): a command's own
+        # interrupt is handled by cli.command.
+        sys.stderr.write("interrupted\n")
+        sys.exit(INTERRUPTED)

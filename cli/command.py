@@ -24,13 +24,12 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from cli.app import INTERRUPTED
 from cli.output import say
 
 
 __all__ = ["INTERRUPTED", "CaptureCommand", "CaptureGroup", "ctrl_c_sets"]
 
-#: The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
-INTERRUPTED = 130
 
 _NAMES = {"str": "TEXT", "int": "N", "int range": "N", "float": "NUMBER", "float range": "NUMBER"}
 

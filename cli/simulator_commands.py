@@ -150,9 +150,9 @@ def _account(conversations: int, in_progress: int, agent_id: str) -> AccountSpec
         )
     if not conversations:
         return None
-    # Some conversations start as "processing" (finished, not yet analysed);
-    # never more than the account has beside the live ones.
-    processing = min(AccountSpec.processing, conversations - in_progress)
+    # A few conversations start as "processing" (ended, not yet analysed):
+    # AccountSpec's 3, or a quarter of the finished ones in a small account.
+    processing = min(AccountSpec.processing, (conversations - in_progress) // 4)
     return AccountSpec(
         conversations=conversations, agent_id=agent_id, in_progress=in_progress, processing=processing
     )

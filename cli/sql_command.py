@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -176,6 +177,57 @@ def _prompt(conn: duckdb.DuckDBPyConnection, output: OutputFormat) -> None:
             fail(str(exc))  # printed; the prompt goes on
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a ``capture sql`` call does: the prompt (no statements), print, or export to ``target``."""
+
+    statements: list[duckdb.Statement] | None
+    output: OutputFormat
+    target: Path | None = None
+
+
+def _plan(
+    query: str | None,
+    given: OutputFormat | None,
+    output: Path | None,
+    multiple: bool,
+    data_dir: Path,
+    duckdb_file: Path,
+) -> _Plan:
+    """Check the flags and the statements before anything runs.
+
+    Raises:
+        ConfigError: flags that do not go together, or an ``--output`` refused.
+        QueryError: a statement DuckDB cannot parse.
+        QueryRefusedError: a statement that does not read, or too many.
+
+    """
+    if query is None:
+        if output is not None or multiple:
+            raise ConfigError("--output and --multiple need a statement; the prompt prints results")
+        return _Plan(None, given or OutputFormat.TABLE)
+    statements = read_statements(query)
+    if len(statements) > 1 and (not multiple or output is not None):
+        more = "--output writes one result" if output is not None else "add --multiple to run them in turn"
+        raise QueryRefusedError(f"one statement per call, and this is {len(statements)}: {more}")
+    if output is not None:
+        return _Plan(statements, _format_of(output, given), _export_target(output, data_dir, duckdb_file))
+    if given is OutputFormat.PARQUET:
+        raise ConfigError("--format parquet writes a file: add --output FILE")
+    return _Plan(statements, given or OutputFormat.TABLE)
+
+
+def _carry_out(conn: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    if plan.statements is None:
+        _prompt(conn, plan.output)
+    elif plan.target is not None:
+        cancel = threading.Event()
+        with ctrl_c_sets(cancel):
+            say(_export(conn, plan.statements[0], plan.target, plan.output, cancel))
+    else:
+        _run(conn, plan.statements, plan.output)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``sql`` to ``app``."""
 
@@ -227,34 +279,10 @@ def register(app: typer.Typer) -> None:
         with reporting_errors():
             require_log(data_dir)
             duckdb_file = duckdb_path or default_duckdb_path(data_dir)
-            target = fmt = None
-            if output is not None:
-                fmt = _format_of(output, output_format)
-                target = _export_target(output, data_dir, duckdb_file)
-            elif output_format is OutputFormat.PARQUET:
-                raise ConfigError("--format parquet writes a file: add --output FILE")
-            statements = read_statements(query) if query is not None else []
-            if query is None and (output is not None or multiple):
-                raise ConfigError("--output and --multiple need a statement; the prompt prints results")
-            if len(statements) > 1 and (not multiple or target is not None):
-                raise QueryRefusedError(
-                    f"one statement per call, and this is {len(statements)}: "
-                    + (
-                        "--output writes one result"
-                        if target is not None
-                        else "add --multiple to run them in turn"
-                    )
-                )
+            plan = _plan(query, output_format, output, multiple, data_dir, duckdb_file)
             conn = open_analytics(data_dir, duckdb_file)
             try:
-                if query is None:
-                    _prompt(conn, output_format or OutputFormat.TABLE)
-                elif target is not None and fmt is not None:
-                    cancel = threading.Event()
-                    with ctrl_c_sets(cancel):
-                        say(_export(conn, statements[0], target, fmt, cancel))
-                else:
-                    _run(conn, statements, output_format or OutputFormat.TABLE)
+                _carry_out(conn, plan)
             except QueryCancelledError:
                 say("query cancelled")
                 raise typer.Exit(INTERRUPTED) from None

@@ -526,6 +526,8 @@ def open_analytics(
 
     Raises:
         ProjectionError: the file cannot be opened or the views created.
+        KeyboardInterrupt: Ctrl-C while it ran (DuckDB's own name for it is
+            a ``RuntimeError``).
 
     """
     duckdb_path = duckdb_path or default_duckdb_path(data_dir)
@@ -563,6 +565,12 @@ def open_analytics(
             raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
         except OSError as exc:
             raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
+        except RuntimeError as exc:
+            # DuckDB turns a Ctrl-C that lands in its call on this thread into
+            # RuntimeError("Query interrupted"): give it back its own name.
+            if "interrupted" in str(exc).lower():
+                raise KeyboardInterrupt from exc
+            raise
 
 
 def _create_views(

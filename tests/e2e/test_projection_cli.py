@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from cli.app import app as capture_app
+from cli.commands import app as capture_app
 from tests.conftest import capture_command, subprocess_env
 from tests.projections.test_duckdb_views import sample_log
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.app import app
+from cli.commands import app
 from ingest.log.envelope import Origin, encode_line
 from ingest.log.frames import inspect_frame
 from ingest.log.segments import list_segments
