@@ -20,12 +20,11 @@ from itertools import islice
 from typing import Any, TextIO
 
 import orjson
-from rich.measure import Measurement
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import UNBOUNDED, console, show
+from cli.output import console, show
 from projections.duckdb_views import QueryResult
 
 
@@ -33,6 +32,8 @@ __all__ = ["OutputFormat", "print_table", "write_csv", "write_json"]
 
 _JSON_TYPE = "JSON"
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+# Words up to this long are kept whole in a table (a conversation id is 29).
+_LONGEST_KEPT = 40
 
 
 class OutputFormat(enum.StrEnum):
@@ -144,13 +145,25 @@ def _cell(text: str | None) -> Text:
     return Text("NULL", style="dim") if text is None else Text(text)
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[str | None]]) -> Table:
+def _longest_word(texts: Iterable[str | None]) -> int:
+    return max((len(word) for text in texts if text for word in text.split()), default=0)
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str | None]]) -> tuple[Table, int]:
+    """The table, and the narrowest it can be without breaking a word of up to ``_LONGEST_KEPT``."""
     table = Table(show_lines=False)
-    for name in columns:
-        table.add_column(Text(name, style="bold"), overflow="fold")
+    narrowest = len(columns) + 1  # the borders
+    for index, name in enumerate(columns):
+        cells = [row[index] for row in rows]
+        longest = _longest_word([name, *cells])
+        # A column of single words (ids, timestamps, numbers) is kept whole,
+        # so that the columns that can wrap between words give way first.
+        whole = longest <= _LONGEST_KEPT and not any(text and len(text.split()) > 1 for text in cells)
+        table.add_column(Text(name, style="bold"), overflow="fold", no_wrap=whole)
+        narrowest += min(longest, _LONGEST_KEPT) + 2  # the padding
     for row in rows:
         table.add_row(*(_cell(text) for text in row))
-    return table
+    return table, narrowest
 
 
 def _print_vertical(columns: Sequence[str], rows: Sequence[Sequence[str | None]]) -> None:
@@ -178,13 +191,8 @@ def print_table(result: QueryResult, max_rows: int) -> tuple[int, bool]:
     """
     fetched = list(islice(_text_rows(result), max_rows + 1))
     rows, more = fetched[:max_rows], len(fetched) > max_rows
-    table = _table(result.columns, rows)
-    if (
-        console.is_terminal
-        and len(result.columns) > 1
-        and Measurement.get(console, console.options.update(max_width=UNBOUNDED), table).minimum
-        > console.width
-    ):
+    table, narrowest = _table(result.columns, rows)
+    if console.is_terminal and len(result.columns) > 1 and narrowest > console.width:
         _print_vertical(result.columns, rows)
     else:
         show(table)

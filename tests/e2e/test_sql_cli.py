@@ -376,6 +376,13 @@ def test_a_table_fits_the_terminal(data_dir: Path) -> None:
     )
     assert "…" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80
     assert "session_id" in narrow and "Olá, I need help" in narrow and "row 1" not in narrow
+    # Words wrap, ids do not: a column that cannot wrap between words is kept whole.
+    query = (
+        "SELECT 'conv_' || repeat('x', 24) AS id, repeat('some words ', 30) AS said, seq FROM events LIMIT 2"
+    )
+    mixed = plain.sub("", _in_terminal(["sql", query, "--data-dir", str(data_dir)]))
+    assert max(len(line) for line in mixed.splitlines()) <= 80 and "row 1" not in mixed
+    assert mixed.count("conv_" + "x" * 24) == 2 and "…" not in mixed
 
 
 #: Long enough that nobody waits for it: it is cancelled, or the test fails on its timeout.
