@@ -780,7 +780,10 @@ def write_parquet(
     *,
     cancel: threading.Event | None = None,
 ) -> None:
-    """Write the result of one statement that reads to a Parquet file at ``path``, as DuckDB types it.
+    """Write the result of one statement that reads to a Parquet file at ``path``, in DuckDB's types.
+
+    Durations (``INTERVAL``) are written as seconds (``DOUBLE``), as in CSV
+    and JSON: Parquet's interval type keeps only milliseconds.
 
     Cancelled as :func:`run_query` is (a partial file may be left at
     ``path``: write to a scratch name and rename it).
@@ -792,4 +795,14 @@ def write_parquet(
 
     """
     statement = _one_statement(sql)
-    _call(conn, lambda: conn.sql(statement.query).write_parquet(str(path)), cancel)
+
+    def write() -> None:
+        relation = conn.sql(statement.query)
+        columns = []
+        for name, kind in zip(relation.columns, relation.types, strict=True):
+            quoted = '"' + name.replace('"', '""') + '"'
+            # Parquet's interval keeps milliseconds only: durations in seconds, as in CSV and JSON.
+            columns.append(f"epoch({quoted}) AS {quoted}" if str(kind) == "INTERVAL" else quoted)
+        relation.project(", ".join(columns)).write_parquet(str(path))
+
+    _call(conn, write, cancel)
