@@ -22,6 +22,7 @@ from cli.options import (
     Fsync,
     FsyncInterval,
     NoProject,
+    Quiet,
     SegmentAge,
     SegmentSize,
     Verbose,
@@ -29,7 +30,8 @@ from cli.options import (
     parse_size,
     parse_vars,
 )
-from cli.output import console, progress_bar, reporting_errors, setup_logging
+from cli.output import console, progress_bar, reporting_errors, say, warn
+from cli.process_log import setup_logging
 from cli.secrets import API_KEY_ENV, RELAY_TOKEN_ENV, WEBHOOK_SECRET_ENV, take_secrets
 from cli.writing import write_log, write_log_from
 from ingest.errors import CaptureError, ConfigError
@@ -94,11 +96,16 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--audio", help="Do not ask for a text-only conversation.")
         ] = False,
         user_id: Annotated[
-            str | None, typer.Option("--user-id", help="user_id sent when each conversation starts.")
+            str | None,
+            typer.Option("--user-id", metavar="ID", help="user_id sent when each conversation starts."),
         ] = None,
         var: Annotated[
             list[str] | None,
-            typer.Option("--var", help="Dynamic variable name=value (repeatable); sent as strings."),
+            typer.Option(
+                "--var",
+                metavar="NAME=VALUE",
+                help="A dynamic variable (repeatable); values are sent as strings.",
+            ),
         ] = None,
         input_spec: Annotated[
             str | None,
@@ -132,15 +139,17 @@ def register(app: typer.Typer) -> None:
                 "--webhook-port",
                 min=0,
                 max=65535,
+                metavar="PORT",
                 help=f"Also receive post-call webhooks on this port (secret: {WEBHOOK_SECRET_ENV}).",
                 show_default=False,
             ),
         ] = None,
         webhook_host: Annotated[
-            str, typer.Option("--webhook-host", help="Interface the webhook receiver listens on.")
+            str,
+            typer.Option("--webhook-host", metavar="HOST", help="Interface the webhook receiver listens on."),
         ] = "127.0.0.1",
         webhook_path: Annotated[
-            str, typer.Option("--webhook-path", help="URL path of the webhook receiver.")
+            str, typer.Option("--webhook-path", metavar="PATH", help="URL path of the webhook receiver.")
         ] = DEFAULT_PATH,
         backfill_follow: Annotated[
             bool,
@@ -150,7 +159,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         backfill_interval: Annotated[
-            float, typer.Option("--backfill-interval", min=1.0, help="Seconds between REST polls.")
+            float,
+            typer.Option(
+                "--backfill-interval", min=1.0, metavar="SECONDS", help="Seconds between REST polls."
+            ),
         ] = 60.0,
         monitor: Annotated[
             bool,
@@ -164,30 +176,33 @@ def register(app: typer.Typer) -> None:
                 "--relay-port",
                 min=0,
                 max=65535,
+                metavar="PORT",
                 help="Also relay the agent's conversations between your clients and the platform on this "
                 f"port, logging every frame both ways (see `capture relay`; token: {RELAY_TOKEN_ENV}).",
                 show_default=False,
             ),
         ] = None,
         relay_host: Annotated[
-            str, typer.Option("--relay-host", help="Interface the relay listens on.")
+            str, typer.Option("--relay-host", metavar="HOST", help="Interface the relay listens on.")
         ] = "127.0.0.1",
         relay_public_url: Annotated[
             str | None,
             typer.Option(
                 "--relay-public-url",
+                metavar="URL",
                 help="The relay's address as clients reach it (wss://… behind TLS).",
                 show_default=False,
             ),
         ] = None,
-        verbose: Verbose = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Hold conversations with an agent and append every frame (audio excepted) to the log.
 
         Reads ELEVENLABS_API_KEY from the environment (never from a flag): with a key each
         connection uses a fresh signed URL, without one the agent must be public.
         """
-        setup_logging(verbose)
+        setup_logging(verbose, quiet)
         with reporting_errors():
             secrets = take_secrets()
             api_key = secrets.api_key or None
@@ -250,7 +265,7 @@ def register(app: typer.Typer) -> None:
                 )
             reports = write_log_from(
                 sources, LogSettings(data_dir, fsync, fsync_interval, rotation), db, no_project
-            )
+            ).report
         for summary in reports:
             if isinstance(summary, IngestSummary):
                 console.print(
@@ -261,23 +276,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command("webhook")
     def webhook_command(
-        host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+        host: Annotated[
+            str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")
+        ] = "127.0.0.1",
         port: Annotated[
-            int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+            int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one.")
         ] = 8080,
-        path: Annotated[str, typer.Option("--path", help="The URL path ElevenLabs posts to.")] = DEFAULT_PATH,
+        path: Annotated[
+            str, typer.Option("--path", metavar="PATH", help="The URL path ElevenLabs posts to.")
+        ] = DEFAULT_PATH,
         data_dir: DataDir = DATA_DIR,
         fsync: Fsync = FsyncPolicy.INTERVAL,
         max_body: Annotated[
             str,
             typer.Option(
                 "--max-body",
+                metavar="SIZE",
                 help="Larger bodies are refused with 413, except post_call_audio (read, never stored).",
             ),
         ] = f"{DEFAULT_MAX_BODY // 2**20}MiB",
         no_project: NoProject = False,
         db: DbPath = None,
-        verbose: Verbose = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Receive post-call webhooks: verify, append to the log, fsync, then answer 200.
 
@@ -290,7 +311,7 @@ def register(app: typer.Typer) -> None:
         Put it behind a TLS reverse proxy: ElevenLabs posts to https URLs.
         SIGTERM / Ctrl-C: finish deliveries in flight, fsync, unlock, exit 0.
         """
-        setup_logging(verbose)
+        setup_logging(verbose, quiet)
         with reporting_errors():
             secret = take_secrets().webhook_secret
             if not secret.strip():
@@ -305,7 +326,7 @@ def register(app: typer.Typer) -> None:
                 LogSettings(data_dir, fsync, command="capture webhook"),
                 db,
                 no_project,
-            )
+            ).report
         console.print(str(stats), highlight=False, soft_wrap=True)
 
     @app.command("backfill")
@@ -317,6 +338,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--since",
+                metavar="WHEN",
                 help="Only calls that started at or after this: 2026-01-01, 2026-01-01T12:00:00Z, "
                 "Unix seconds, or an age (7d, 12h, 30m). Times without an offset are UTC.",
                 show_default=False,
@@ -325,7 +347,10 @@ def register(app: typer.Typer) -> None:
         until: Annotated[
             str | None,
             typer.Option(
-                "--until", help="Only calls that started before this (same forms).", show_default=False
+                "--until",
+                metavar="WHEN",
+                help="Only calls that started before this (same forms).",
+                show_default=False,
             ),
         ] = None,
         page_size: Annotated[
@@ -347,13 +372,17 @@ def register(app: typer.Typer) -> None:
             typer.Option("--follow", help="Keep polling (every --interval) so missed webhooks are caught."),
         ] = False,
         interval: Annotated[
-            float, typer.Option("--interval", min=0.01, help="Seconds between polls with --follow.")
+            float,
+            typer.Option(
+                "--interval", min=0.01, metavar="SECONDS", help="Seconds between polls with --follow."
+            ),
         ] = 60.0,
         wait_pending: Annotated[
             float,
             typer.Option(
                 "--wait-pending",
                 min=0,
+                metavar="SECONDS",
                 help="Without --follow: seconds to keep asking for conversations not finished yet "
                 "(processing, in progress); what is left is picked up by the next run.",
             ),
@@ -362,7 +391,8 @@ def register(app: typer.Typer) -> None:
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
         no_project: NoProject = False,
         db: DbPath = None,
-        verbose: Verbose = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Fetch the agent's finished conversations (Conversations REST API) into the log, each once.
 
@@ -371,7 +401,7 @@ def register(app: typer.Typer) -> None:
         interrupted backfill simply runs again. Takes the data dir's lock: it cannot run while
         `capture ingest` writes to the same data dir (use `capture ingest --backfill-follow` there).
         """
-        setup_logging(verbose)
+        setup_logging(verbose, quiet)
         with reporting_errors():
             now = time.time()
             config = BackfillConfig(
@@ -395,16 +425,28 @@ def register(app: typer.Typer) -> None:
                     description = f"backfill: {report.listed} listed, {report.already_captured} in the log"
                     bar.update(task, description=description, total=report.queued, completed=report.answered)
 
-                report = write_log(
+                written = write_log(
                     lambda writer, stop: run_backfill(writer, config, stop, show),
                     LogSettings(data_dir, fsync, fsync_interval, command="capture backfill"),
                     db,
                     no_project,
                 )
+            report = written.report
             console.print(_backfill_summary(report), highlight=False, soft_wrap=True)
-            if report.stopped and not follow:
-                console.print("stopped; run it again to continue", highlight=False)
-            elif report.list_incomplete or report.errors:
+            if written.signal is not None and not follow:
+                say(
+                    "interrupted; run it again to resume (conversations already in the log are not "
+                    "fetched again)"
+                )
+                raise typer.Exit(128 + written.signal)
+            if report.listed == 0 and not report.list_incomplete and written.signal is None:
+                warn(
+                    f"the API listed no conversations of agent {config.agent_id}"
+                    + (" in that time range" if since or until else "")
+                    + ": check --agent-id (an unknown agent lists none) and that the API key's "
+                    "workspace owns the agent"
+                )
+            if report.list_incomplete or report.errors:
                 raise CaptureError(
                     "the backfill is incomplete (see the warnings above); run it again to continue"
                 )
@@ -417,13 +459,19 @@ def register(app: typer.Typer) -> None:
         poll_interval: Annotated[
             float,
             typer.Option(
-                "--poll-interval", min=0.01, help="Seconds between looks for new live conversations."
+                "--poll-interval",
+                min=0.01,
+                metavar="SECONDS",
+                help="Seconds between looks for new live conversations.",
             ),
         ] = 5.0,
         lookback: Annotated[
             float,
             typer.Option(
-                "--lookback", min=1, help="Look for live calls that started within this many seconds."
+                "--lookback",
+                min=1,
+                metavar="SECONDS",
+                help="Look for live calls that started within this many seconds.",
             ),
         ] = 6 * 3600.0,
         max_conversations: Annotated[
@@ -442,7 +490,8 @@ def register(app: typer.Typer) -> None:
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
         no_project: NoProject = False,
         db: DbPath = None,
-        verbose: Verbose = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Attach to the agent's live conversations and log every frame (audio excepted).
 
@@ -451,7 +500,7 @@ def register(app: typer.Typer) -> None:
         (never from a flag). Takes the data dir's lock: use `capture ingest --monitor` to run it
         next to the other sources.
         """
-        setup_logging(verbose)
+        setup_logging(verbose, quiet)
         with reporting_errors():
             config = MonitorConfig(
                 agent_id=agent_id or "",
@@ -469,7 +518,7 @@ def register(app: typer.Typer) -> None:
                 LogSettings(data_dir, fsync, fsync_interval, command="capture monitor"),
                 db,
                 no_project,
-            )
+            ).report
         console.print(
             f"{report.conversations} conversations monitored, {report.frames_logged} frames logged, "
             f"{report.audio_skipped} audio frames skipped",

@@ -9,8 +9,8 @@ import orjson
 import typer
 from rich.table import Table
 
-from cli.options import DataDir, DbPath
-from cli.output import console, reporting_errors
+from cli.options import DataDir, DbPath, require_log
+from cli.output import human, reporting_errors, show
 from ingest.log.status import log_status
 from projections import projection_status
 
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show what the log holds, whether an ingest is writing to it, and the projection's lag."""
         with reporting_errors():
+            require_log(data_dir)
             status = log_status(data_dir)
             projection = projection_status(data_dir, db)
         if as_json:
@@ -38,13 +39,13 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(show_header=False, box=None)
         table.add_row("data dir", status.data_dir)
-        table.add_row("segments", str(status.segments))
-        table.add_row("lines", str(status.lines))
-        table.add_row("bytes", f"{status.bytes:,}")
-        table.add_row("last seq", str(status.last_seq) if status.last_seq is not None else "-")
-        table.add_row("last received", status.last_received_at or "-")
-        table.add_row("quarantined tails", ", ".join(status.quarantined) or "none")
+        table.add_row("segments", human(status.segments))
+        table.add_row("lines", human(status.lines))
+        table.add_row("bytes", human(status.bytes))
+        table.add_row("last seq", human(status.last_seq))
+        table.add_row("last received", human(status.last_received_at))
+        table.add_row("quarantined tails", human(status.quarantined))
         table.add_row("ingest", f"running: {status.writer}" if status.writer else "not running")
         for key, value in projection.items():
-            table.add_row(f"projection {key}", str(value))
-        console.print(table)
+            table.add_row(f"projection {key.replace('_', ' ')}", human(value))
+        show(table)

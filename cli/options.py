@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ingest.errors import ConfigError
-from ingest.log.writer import FsyncPolicy
+from ingest.log.writer import FsyncPolicy, events_dir
 
 
 __all__ = [
@@ -21,17 +21,19 @@ __all__ = [
     "Fsync",
     "FsyncInterval",
     "NoProject",
+    "Quiet",
     "SegmentAge",
     "SegmentSize",
     "Verbose",
     "parse_moment",
     "parse_size",
     "parse_vars",
+    "require_log",
 ]
 
 AgentId = Annotated[
     str | None,
-    typer.Option("--agent-id", envvar="AGENT_ID", help="The agent's id.", show_default=False),
+    typer.Option("--agent-id", envvar="AGENT_ID", metavar="ID", help="The agent's id.", show_default=False),
 ]
 
 BaseUrl = Annotated[
@@ -39,6 +41,7 @@ BaseUrl = Annotated[
     typer.Option(
         "--base-url",
         envvar="ELEVENLABS_BASE_URL",
+        metavar="URL",
         help="API host; residency hosts work (https://api.eu.residency.elevenlabs.io).",
     ),
 ]
@@ -48,6 +51,7 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="CAPTURE_DATA_DIR",
+        metavar="DIR",
         help="Folder holding the log (events/) and the projections.",
         file_okay=False,
     ),
@@ -58,6 +62,7 @@ DbPath = Annotated[
     typer.Option(
         "--db",
         envvar="WHATSAPP_DB_PATH",
+        metavar="FILE",
         dir_okay=False,
         show_default=False,
         help="SQLite file of the user_texts table (default: <data dir>/whatsapp_storage.db).",
@@ -77,21 +82,42 @@ Fsync = Annotated[
 
 FsyncInterval = Annotated[
     float,
-    typer.Option("--fsync-interval", min=0.001, max=0.2, help="Seconds between fsyncs for 'interval'."),
+    typer.Option(
+        "--fsync-interval",
+        min=0.001,
+        max=0.2,
+        metavar="SECONDS",
+        help="Seconds between fsyncs for 'interval'.",
+    ),
 ]
 
-SegmentSize = Annotated[str, typer.Option("--segment-size", help="Roll to a new segment at this size.")]
+SegmentSize = Annotated[
+    str,
+    typer.Option("--segment-size", metavar="SIZE", help="Roll to a new segment at this size (64MiB, 500kB)."),
+]
 
 SegmentAge = Annotated[
     float,
-    typer.Option("--segment-age", min=0.001, help="Roll to a new segment after this many seconds."),
+    typer.Option(
+        "--segment-age", min=0.001, metavar="SECONDS", help="Roll to a new segment after this many seconds."
+    ),
 ]
 
 NoProject = Annotated[
     bool, typer.Option("--no-project", help="Do not update the SQLite user_texts table live.")
 ]
 
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
+Verbose = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="Log more: -v capture's own detail, -vv the libraries' too (websockets, aiohttp).",
+    ),
+]
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
@@ -152,3 +178,18 @@ def parse_moment(text: str, now: float, flag: str = "--since") -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
+
+
+def require_log(data_dir: Path) -> None:
+    """Check that ``data_dir`` holds a log, for the commands that read one (they never create it).
+
+    Raises:
+        ConfigError: there is no ``events/`` folder in ``data_dir`` (a misspelled ``--data-dir``).
+
+    """
+    if not events_dir(data_dir).is_dir():
+        where = "does not exist" if not data_dir.exists() else f"has no {events_dir(data_dir).name}/ folder"
+        raise ConfigError(
+            f"no log in {data_dir}: it {where}; check --data-dir or CAPTURE_DATA_DIR "
+            "(the commands that write the log create it: ingest, webhook, backfill, monitor, relay)"
+        )

@@ -1,47 +1,20 @@
-"""``capture project``, ``capture rebuild`` and ``capture sql``: thin wrappers over ``projections``."""
+"""``capture project`` and ``capture rebuild``: thin wrappers over ``projections``."""
 
 from __future__ import annotations
 
-import csv
-import enum
-import sys
 from pathlib import Path
-from typing import Annotated, Any
 
-import orjson
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from cli.options import DataDir, DbPath
-from cli.output import console, err_console, progress_bar, reporting_errors
-from ingest.errors import QueryError
+from cli.command import INTERRUPTED
+from cli.options import DataDir, DbPath, Quiet, Verbose, require_log
+from cli.output import progress_bar, reporting_errors, say, show
+from cli.process_log import setup_logging
 from projections import ProjectReport, default_db_path, log_last_seq, project, rebuild
-from projections.duckdb_views import QueryResult, default_duckdb_path, open_analytics, run_query
 
 
-__all__ = ["OutputFormat", "register"]
-
-DuckdbPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--duckdb",
-        dir_okay=False,
-        show_default=False,
-        help="DuckDB file holding the analytics views (default: <data dir>/analytics.duckdb).",
-    ),
-]
-
-# More rows than this make a table unreadable; csv and json print them all.
-_TABLE_ROWS = 1_000
-
-
-class OutputFormat(enum.StrEnum):
-    """How ``capture sql`` prints a result."""
-
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
+__all__ = ["register"]
 
 
 def _print_report(report: ProjectReport, title: str) -> None:
@@ -61,130 +34,54 @@ def _print_report(report: ProjectReport, title: str) -> None:
     if report.swap:
         table.add_row("swap", report.swap)
     table.add_row("time", f"{report.elapsed:.2f} s ({report.lines_per_second:,.0f} lines/s)")
-    console.print(table)
-
-
-def _cell(value: Any) -> str:
-    return "NULL" if value is None else str(value)
-
-
-def _print_result(result: QueryResult, output: OutputFormat) -> None:
-    if not result.columns:
-        return
-    if output is OutputFormat.CSV:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
-        for row in result.rows:
-            writer.writerow(["" if value is None else value for value in row])
-        sys.stdout.flush()
-        return
-    if output is OutputFormat.JSON:
-        out = sys.stdout
-        out.write("[")
-        for i, row in enumerate(result.rows):
-            record = dict(zip(result.columns, row, strict=True))
-            out.write(("," if i else "") + "\n" + orjson.dumps(record, default=str).decode())
-        out.write("\n]\n")
-        out.flush()
-        return
-    table = Table(*result.columns, show_lines=False)
-    shown = 0
-    more = False
-    for row in result.rows:
-        if shown == _TABLE_ROWS:
-            more = True
-            break
-        table.add_row(*(escape(_cell(value)) for value in row))
-        shown += 1
-    console.print(table)
-    note = f"{shown} row{'s' if shown != 1 else ''}"
-    if more:
-        note += " shown (more not shown: add a LIMIT, or use --format csv or json)"
-    err_console.print(f"[dim]{note}[/dim]", highlight=False)
-
-
-def _interactive(conn: Any, output: OutputFormat) -> None:
-    try:
-        import readline  # noqa: F401  (line editing and history where available)
-    except ImportError:
-        pass
-    err_console.print(
-        "[dim]SQL over the views events, user_texts, conversations, daily_activity. "
-        "End a statement with ';'. Quit with .quit or Ctrl-D.[/dim]"
-    )
-    buffer: list[str] = []
-    while True:
-        try:
-            line = input("sql> " if not buffer else "...> ")
-        except EOFError:
-            break
-        if not buffer and line.strip() in {".quit", ".exit", "\\q", "quit", "exit"}:
-            break
-        buffer.append(line)
-        statement = "\n".join(buffer).strip()
-        if not statement:
-            buffer.clear()
-            continue
-        if not statement.endswith(";"):
-            continue
-        buffer.clear()
-        try:
-            _print_result(run_query(conn, statement), output)
-        except QueryError as exc:
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    show(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``project``, ``rebuild`` and ``sql`` commands to ``app``."""
+    """Add the ``project`` and ``rebuild`` commands to ``app``."""
 
     @app.command("project")
-    def project_command(data_dir: DataDir = Path("data"), db: DbPath = None) -> None:
-        """Apply the log's lines not yet in the SQLite user_texts table (after --no-project or a crash)."""
+    def project_command(
+        data_dir: DataDir = Path("data"), db: DbPath = None, verbose: Verbose = 0, quiet: Quiet = False
+    ) -> None:
+        """Apply the log's lines not yet in the SQLite user_texts table (after --no-project or a crash).
+
+        Ctrl-C stops it (exit 130); what was applied stays, and the next run continues from there.
+        """
+        setup_logging(verbose, quiet)
         with reporting_errors():
-            report = project(data_dir, db or default_db_path(data_dir))
+            require_log(data_dir)
+            try:
+                report = project(data_dir, db or default_db_path(data_dir))
+            except KeyboardInterrupt:
+                say("interrupted; run it again to continue from where it stopped")
+                raise typer.Exit(INTERRUPTED) from None
         _print_report(report, "capture project")
 
     @app.command("rebuild")
-    def rebuild_command(data_dir: DataDir = Path("data"), db: DbPath = None) -> None:
+    def rebuild_command(
+        data_dir: DataDir = Path("data"), db: DbPath = None, verbose: Verbose = 0, quiet: Quiet = False
+    ) -> None:
         """Rebuild the SQLite user_texts table from the whole log, then swap it in atomically.
 
         Readers of the old table see it whole until the new one replaces it.
         Lines appended meanwhile are applied by the live projection or `capture project`.
+        Ctrl-C stops it (exit 130) and leaves the old table as it was.
         """
+        setup_logging(verbose, quiet)
         with reporting_errors():
-            with progress_bar() as bar:
-                task = bar.add_task("rebuilding user_texts", total=log_last_seq(data_dir) or None)
-                report = rebuild(
-                    data_dir,
-                    db or default_db_path(data_dir),
-                    progress=lambda seq: bar.update(task, completed=seq),
-                )
+            require_log(data_dir)
+            try:
+                report = _rebuild(data_dir, db)
+            except KeyboardInterrupt:
+                say("interrupted; the table was not replaced")
+                raise typer.Exit(INTERRUPTED) from None
         _print_report(report, "capture rebuild")
 
-    @app.command("sql")
-    def sql_command(
-        query: Annotated[
-            str | None,
-            typer.Argument(
-                help="One SQL statement; without it, an interactive prompt opens.", show_default=False
-            ),
-        ] = None,
-        data_dir: DataDir = Path("data"),
-        duckdb_path: DuckdbPath = None,
-        output: Annotated[
-            OutputFormat, typer.Option("--format", "-f", help="How to print the result.")
-        ] = OutputFormat.TABLE,
-    ) -> None:
-        """Run SQL over the DuckDB views of the log: events, user_texts, conversations, daily_activity.
 
-        Works while `capture ingest` runs. A statement DuckDB rejects prints its message and exits 1.
-        """
-        with reporting_errors():
-            conn = open_analytics(data_dir, duckdb_path or default_duckdb_path(data_dir))
-            try:
-                if query is None:
-                    _interactive(conn, output)
-                else:
-                    _print_result(run_query(conn, query), output)
-            finally:
-                conn.close()
+def _rebuild(data_dir: Path, db: Path | None) -> ProjectReport:
+    with progress_bar() as bar:
+        task = bar.add_task("rebuilding user_texts", total=log_last_seq(data_dir) or None)
+        return rebuild(
+            data_dir, db or default_db_path(data_dir), progress=lambda seq: bar.update(task, completed=seq)
+        )

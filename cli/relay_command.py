@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli.options import BaseUrl, DataDir, DbPath, Fsync, FsyncInterval, NoProject, Verbose
-from cli.output import console, reporting_errors, setup_logging
+from cli.options import BaseUrl, DataDir, DbPath, Fsync, FsyncInterval, NoProject, Quiet, Verbose
+from cli.output import console, reporting_errors
+from cli.process_log import setup_logging
 from cli.secrets import take_secrets
 from cli.writing import write_log
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy
@@ -28,18 +29,24 @@ def register(app: typer.Typer) -> None:
         agent_id: Annotated[
             list[str],
             typer.Option(
-                "--agent-id", help="An agent to relay (repeatable); no other agent is.", show_default=False
+                "--agent-id",
+                metavar="ID",
+                help="An agent to relay (repeatable); no other agent is.",
+                show_default=False,
             ),
         ],
-        host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+        host: Annotated[
+            str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")
+        ] = "127.0.0.1",
         port: Annotated[
-            int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+            int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one.")
         ] = 8766,
         base_url: BaseUrl = DEFAULT_BASE_URL,
         public_url: Annotated[
             str | None,
             typer.Option(
                 "--public-url",
+                metavar="URL",
                 help="The relay's address as clients reach it, e.g. wss://relay.example.com behind TLS "
                 "(default: the request's Host, wss when X-Forwarded-Proto is https).",
                 show_default=False,
@@ -51,12 +58,16 @@ def register(app: typer.Typer) -> None:
         stall_timeout: Annotated[
             float,
             typer.Option(
-                "--stall-timeout", min=0.1, help="Close a connection whose side does not read for this long."
+                "--stall-timeout",
+                min=0.1,
+                metavar="SECONDS",
+                help="Close a connection whose side does not read for this long.",
             ),
         ] = 10.0,
         fsync: Fsync = FsyncPolicy.INTERVAL,
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
-        verbose: Verbose = False,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Relay the agents' conversations between your clients and the platform, logging every frame.
 
@@ -67,7 +78,7 @@ def register(app: typer.Typer) -> None:
         a flag. Audio is forwarded, never stored. SIGTERM / Ctrl-C: close every conversation with
         1001, fsync, unlock, exit 0.
         """
-        setup_logging(verbose)
+        setup_logging(verbose, quiet)
         with reporting_errors():
             secrets = take_secrets()
             config = RelayConfig(
@@ -85,5 +96,5 @@ def register(app: typer.Typer) -> None:
                 LogSettings(data_dir, fsync, fsync_interval, command="capture relay"),
                 db,
                 no_project,
-            )
+            ).report
         console.print(str(report), highlight=False, soft_wrap=True)

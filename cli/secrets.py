@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from cli.process_log import hide
 from ingest.secrets import API_KEY_ENV, RELAY_TOKEN_ENV, SECRET_ENV_VARS, WEBHOOK_SECRET_ENV
 
 
@@ -25,7 +26,9 @@ def take_secrets() -> Secrets:
 
     Call it once, before anything starts: from then on the secrets live only in
     this process's memory, and no child process (the live projection) inherits
-    one, whether the command uses it or not.
+    one, whether the command uses it or not. The process log redacts them.
 
     """
-    return Secrets(*(os.environ.pop(name, "") for name in SECRET_ENV_VARS))
+    values = [os.environ.pop(name, "") for name in SECRET_ENV_VARS]
+    hide(*values)
+    return Secrets(*values)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ import aiohttp
 import orjson
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from cli.options import DataDir
-from cli.output import console, reporting_errors
+from cli.options import DataDir, Quiet, Verbose
+from cli.output import console, reporting_errors, show
+from cli.process_log import hide, setup_logging
 from ingest.errors import CaptureError, ConfigError
 from ingest.simulator import (
     CHANNELS,
@@ -50,19 +51,30 @@ def scenarios_from_names(names: list[str]) -> list[Scenario]:
 def _account_spec(
     conversations: int, agent_id: str, in_progress: int, channels: list[str]
 ) -> AccountSpec | None:
-    """The ``--account`` history, or ``None`` for none; a bad combination is a :class:`ConfigError`."""
+    """The ``--account`` history the simulator serves, or ``None`` for none.
+
+    Raises:
+        ConfigError: ``--in-progress`` is more than ``--account``, or a ``--channel`` is unknown.
+
+    """
+    if in_progress > conversations:
+        raise ConfigError(
+            f"--in-progress {in_progress} is more than --account {conversations}: "
+            "the live conversations are some of the account's"
+        )
     if not conversations:
         return None
-    if in_progress > conversations:
-        raise ConfigError(f"--in-progress {in_progress} is more than --account {conversations}")
     unknown = [channel for channel in channels if channel not in CHANNELS]
     if unknown:
         raise ConfigError(f"unknown --channel {unknown[0]!r}; valid: {', '.join(CHANNELS)}")
+    # A few conversations start as "processing" (ended, not yet analysed):
+    # AccountSpec's 3, or a quarter of the finished ones in a small account.
+    processing = min(AccountSpec.processing, (conversations - in_progress) // 4)
     return AccountSpec(
         conversations=conversations,
         agent_id=agent_id,
         in_progress=in_progress,
-        processing=min(3, conversations - in_progress),
+        processing=processing,
         channels=cast("tuple[Channel, ...]", tuple(channels)),  # checked above
     )
 
@@ -169,18 +181,24 @@ def register(app: typer.Typer) -> None:
 
     @app.command("simulate")
     def simulate_command(
-        host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+        host: Annotated[
+            str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")
+        ] = "127.0.0.1",
         port: Annotated[
-            int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+            int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one.")
         ] = 8765,
         agent_id: Annotated[
-            list[str] | None, typer.Option("--agent-id", help="Known agent ids (repeatable).")
+            list[str] | None,
+            typer.Option(
+                "--agent-id", metavar="ID", help="Known agent ids (repeatable; default agent_demo)."
+            ),
         ] = None,
         require_api_key: Annotated[
             str | None,
             typer.Option(
                 "--require-api-key",
                 envvar="SIMULATOR_API_KEY",
+                metavar="KEY",
                 help="Make agents private: signed URLs need this xi-api-key.",
                 show_default=False,
             ),
@@ -189,17 +207,21 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--scenario",
+                metavar="NAME",
                 help=f"Scenario of connection 1, 2, … in order (repeatable): {', '.join(SCENARIOS)}.",
             ),
         ] = None,
         default: Annotated[
-            str, typer.Option("--default", help="Scenario of every connection after those.")
+            str, typer.Option("--default", metavar="NAME", help="Scenario of every connection after those.")
         ] = "normal",
         ping_interval: Annotated[
-            float, typer.Option("--ping-interval", min=0.01, help="Seconds between pings.")
+            float, typer.Option("--ping-interval", min=0.01, metavar="SECONDS", help="Seconds between pings.")
         ] = 1.0,
         pong_deadline: Annotated[
-            float, typer.Option("--pong-deadline", min=0.01, help="Close 1002 if a pong is this late.")
+            float,
+            typer.Option(
+                "--pong-deadline", min=0.01, metavar="SECONDS", help="Close 1002 if a pong is this late."
+            ),
         ] = 5.0,
         account: Annotated[
             int,
@@ -227,6 +249,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--webhook-url",
+                metavar="URL",
                 help="Send signed post-call webhooks (one per finished account conversation) to this URL.",
                 show_default=False,
             ),
@@ -236,6 +259,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--webhook-secret",
                 envvar="SIMULATOR_WEBHOOK_SECRET",
+                metavar="SECRET",
                 help="The HMAC secret to sign webhooks with.",
                 show_default=False,
             ),
@@ -243,27 +267,32 @@ def register(app: typer.Typer) -> None:
         bad_every: Annotated[
             int, typer.Option("--bad-every", min=0, help="Sign every n-th webhook badly (0: none).")
         ] = 5,
+        verbose: Verbose = 0,
+        quiet: Quiet = False,
     ) -> None:
         """Run a local fake ElevenLabs Agents server (signed URLs, the WebSocket, scripted faults).
 
         With --account it also serves the Conversations REST API (pagination, 429s, unfinished
         conversations) and the monitor socket; with --webhook-url it sends signed post-call webhooks.
         """
+        setup_logging(verbose, quiet)
         with reporting_errors():
+            hide(require_api_key or "", webhook_secret or "")
             if webhook_url and not webhook_secret:
                 raise ConfigError("--webhook-url needs --webhook-secret or SIMULATOR_WEBHOOK_SECRET")
+            agents = agent_id or ["agent_demo"]
             script = scenarios_from_names(scenario or [])
             (fallback,) = scenarios_from_names([default])
             sim = Simulator(
                 host=host,
                 port=port,
-                agent_ids=agent_id or ["agent_demo"],
+                agent_ids=agents,
                 api_key=require_api_key,
                 script=script,
                 default=fallback,
                 ping_interval=ping_interval,
                 pong_deadline=pong_deadline,
-                account=_account_spec(account, min(agent_id or ["agent_demo"]), in_progress, channel or []),
+                account=_account_spec(account, min(agents), in_progress, channel or []),
                 monitor_enabled=monitor_enabled,
             )
             try:
@@ -279,9 +308,10 @@ def register(app: typer.Typer) -> None:
         conversations: Annotated[
             int, typer.Option("--conversations", min=1, max=50, help="How many conversations to hold.")
         ] = 3,
+        verbose: Verbose = 0,
     ) -> None:
         """Start the simulator, capture a few conversations into the data dir, and show what was captured."""
-        logging.getLogger().setLevel(logging.WARNING)
+        setup_logging(verbose, quiet=not verbose)
         with reporting_errors():
             console.print(
                 f"capturing {conversations} conversations from the local simulator into {data_dir} …"
@@ -296,12 +326,12 @@ def register(app: typer.Typer) -> None:
                 conversation_ids,
             ).fetchall()
         db.close()
-        table = Table(title="what your users said (SQLite user_texts)")
+        table = Table(title="what your users said (SQLite user_texts)", title_justify="left")
         for column in ("conversation", "user", "kind", "text"):
             table.add_column(column)
         for session_id, user_id, kind, text in rows:
-            table.add_row(session_id, user_id, kind, text)
-        console.print(table)
+            table.add_row(Text(session_id), Text(user_id), Text(kind), Text(text))
+        show(table)
         console.print(
             f"log: {data_dir / 'events'}   table: {db_path} ({report.rows_written} new rows)\n"
             f"next: capture status --data-dir {data_dir}\n"

@@ -3,32 +3,63 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from ingest.sources import LogSettings, Sidecar, Source, run_source, run_sources
+from ingest.sources.signals import stop_on_signals
 from projections.live import live_projection_sidecar
 
 
-__all__ = ["write_log", "write_log_from"]
+__all__ = ["Written", "write_log", "write_log_from"]
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Written(Generic[R]):
+    """What a run of a writing command gave.
+
+    Attributes:
+        report: The source's report (a list of them for :func:`write_log_from`).
+        signal: The signal that stopped the run (SIGINT for Ctrl-C, SIGTERM), if one did.
+
+    """
+
+    report: R
+    signal: int | None
 
 
 def _live_projection(data_dir: Path, db: Path | None, no_project: bool) -> list[Sidecar]:
     return [] if no_project else [live_projection_sidecar(data_dir, db)]
 
 
+async def _until_signal(run: Callable[[asyncio.Event], Awaitable[R]]) -> Written[R]:
+    stop = asyncio.Event()
+    with stop_on_signals(asyncio.get_running_loop(), stop) as received:
+        report = await run(stop)
+    return Written(report, received[0] if received else None)
+
+
 def write_log_from(
     sources: Sequence[Source[object]], settings: LogSettings, db: Path | None, no_project: bool
-) -> list[object]:
-    """Run ``sources`` on one writer (with the live projection unless ``no_project``); their reports."""
+) -> Written[list[object]]:
+    """Run ``sources`` on one writer (with the live projection unless ``no_project``) until they end or a signal."""
     sidecars = _live_projection(settings.data_dir, db, no_project)
-    return asyncio.run(run_sources(sources, settings, sidecars=sidecars))
+    return asyncio.run(
+        _until_signal(
+            lambda stop: run_sources(sources, settings, sidecars=sidecars, stop=stop, handle_signals=False)
+        )
+    )
 
 
-def write_log(source: Source[R], settings: LogSettings, db: Path | None, no_project: bool) -> R:
-    """Run a standalone command's one source as :func:`write_log_from` does; its report."""
+def write_log(source: Source[R], settings: LogSettings, db: Path | None, no_project: bool) -> Written[R]:
+    """Run a standalone command's one source as :func:`write_log_from` does."""
     sidecars = _live_projection(settings.data_dir, db, no_project)
-    return asyncio.run(run_source(source, settings, sidecars=sidecars))
+    return asyncio.run(
+        _until_signal(
+            lambda stop: run_source(source, settings, sidecars=sidecars, stop=stop, handle_signals=False)
+        )
+    )

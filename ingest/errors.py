@@ -20,6 +20,9 @@ Our exception hierarchy:
       signature is missing, malformed, stale or wrong (answered 401).
     * :class:`ProjectionError`: a projection database cannot be used.
     * :class:`QueryError`: a SQL statement given by the user failed.
+        * :class:`QueryRefusedError` (exit 2): ``capture sql`` does not run it
+          (it would write, or there is not exactly one statement).
+        * :class:`QueryCancelledError` (exit 130): the user cancelled it (Ctrl-C).
 
 """
 
@@ -35,7 +38,9 @@ __all__ = [
     "LogError",
     "LogWriteError",
     "ProjectionError",
+    "QueryCancelledError",
     "QueryError",
+    "QueryRefusedError",
 ]
 
 
@@ -87,3 +92,15 @@ class ProjectionError(CaptureError):
 
 class QueryError(CaptureError):
     """A SQL statement given by the user failed."""
+
+
+class QueryRefusedError(QueryError):
+    """A SQL statement ``capture sql`` does not run: it would write, or it is not one statement."""
+
+    exit_code = 2
+
+
+class QueryCancelledError(QueryError):
+    """A SQL statement was cancelled while it ran (Ctrl-C); the connection can run the next one."""
+
+    exit_code = 130

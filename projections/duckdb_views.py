@@ -12,6 +12,11 @@ not the SQLite file):
   time, duration, user and agent turns, how it ended, the sources that logged it;
 * ``daily_activity``: one row per UTC day.
 
+In ``user_texts`` and ``conversations``, ``sources`` is JSON (an array of
+names, ``["agent_ws","rest"]``), as the SQLite column's text is, so that it
+prints and exports the same everywhere (``json_contains(sources, '"rest"')``,
+or ``sources::VARCHAR[]`` for a list).
+
 How they stay valid:
 
 * segments are matched by a glob at query time, so new segments (and
@@ -36,16 +41,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import duckdb
 import orjson
 
-from ingest.errors import ProjectionError, QueryError
+from ingest.errors import ProjectionError, QueryCancelledError, QueryError, QueryRefusedError
 from ingest.log.writer import events_dir
 from projections.rule import (
     CAPTURE,
@@ -73,8 +80,10 @@ __all__ = [
     "QueryResult",
     "default_duckdb_path",
     "open_analytics",
+    "read_statements",
     "run_query",
     "view_statements",
+    "write_parquet",
 ]
 
 DEFAULT_DUCKDB_NAME = "analytics.duckdb"
@@ -346,7 +355,7 @@ SELECT id, dedup_key,
            || ',"event_id":' || coalesce(first.event_id::VARCHAR, 'null')
            || ',"entry":' || coalesce(first.entry::VARCHAR, 'null')
            || ',"sightings":[' || records || ']}}' AS metadata,
-       to_json(sources)::VARCHAR AS sources,
+       to_json(sources) AS sources,
        first.seq AS seq
 FROM grouped"""
 
@@ -419,7 +428,7 @@ SELECT m.conversation_id, m.agent_id, m.first_event_at, m.last_event_at,
        m.last_error->>'$.error_event.error_type' AS end_error_type,
        TRY_CAST(m.last_error->>'$.error_event.code' AS INTEGER) AS end_error_code,
        m.last_error->>'$.error_event.message' AS end_error_message,
-       m.sources
+       to_json(m.sources) AS sources
 FROM merged m LEFT JOIN turns t ON t.session_id = m.conversation_id"""
     daily = """CREATE OR REPLACE VIEW daily_activity AS
 WITH per_day AS (
@@ -497,7 +506,15 @@ def open_analytics(
     """Open the analytics database read-only, creating or refreshing its views first.
 
     Read-only connections let several ``capture sql`` run at once, also while
-    ``capture ingest`` appends. When the views are missing or stale (first
+    ``capture ingest`` appends. The connection's settings are locked, and
+    :func:`run_query` runs only statements that read: together, no statement
+    given to it writes a file (``COPY``, ``EXPORT``, ``ATTACH`` are refused;
+    logging and profiling to files cannot be turned on). DuckDB's own file
+    allow-list (``enable_external_access = false`` with
+    ``allowed_directories``) is not used: it cannot tell reading from
+    writing, so the one folder the views must read, the log, would be the
+    one left writable; and reading the user's other files (a CSV to join) is
+    a feature. When the views are missing or stale (first
     use, the data dir moved relative to the ``.duckdb`` file, a new capture
     version), the file is opened for writing once to recreate them; another
     process creating them at the same moment is waited for up to ``timeout``.
@@ -509,6 +526,8 @@ def open_analytics(
 
     Raises:
         ProjectionError: the file cannot be opened or the views created.
+        KeyboardInterrupt: Ctrl-C while it ran (DuckDB's own name for it is
+            a ``RuntimeError``).
 
     """
     duckdb_path = duckdb_path or default_duckdb_path(data_dir)
@@ -528,6 +547,11 @@ def open_analytics(
                 try:
                     _configure(conn, base, relative)
                     if _stored_fingerprint(conn) == fingerprint:
+                        # No statement can change a setting from here on:
+                        # not the search path, not where DuckDB logs or
+                        # profiles to (SELECT * FROM enable_logging(...)
+                        # would write files anywhere).
+                        conn.execute("SET lock_configuration = true")
                         return conn
                 except BaseException:
                     conn.close()
@@ -541,6 +565,12 @@ def open_analytics(
             raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
         except OSError as exc:
             raise ProjectionError(f"cannot open {duckdb_path}: {exc}") from exc
+        except RuntimeError as exc:
+            # DuckDB turns a Ctrl-C that lands in its call on this thread into
+            # RuntimeError("Query interrupted"): give it back its own name.
+            if "interrupted" in str(exc).lower():
+                raise KeyboardInterrupt from exc
+            raise
 
 
 def _create_views(
@@ -560,14 +590,138 @@ def _create_views(
         conn.close()
 
 
+# The statements capture sql runs: they read. Everything else (COPY, EXPORT,
+# ATTACH, SET, INSTALL/LOAD, CREATE, CALL, PRAGMA, ...) is refused. CALL is not
+# a read: CHECKPOINT is one. MULTI is what an unnamed PIVOT expands to.
+_READS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+# Where the explained statement starts: after comments, EXPLAIN, its options
+# and ANALYZE (which runs the statement, so the statement must read).
+_EXPLAIN_PREFIX = re.compile(
+    r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*EXPLAIN\b\s*(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\b)?",
+    re.IGNORECASE | re.DOTALL,
+)
+
+# How often a cancellable call looks at its event: the delay of a cancel.
+_POLL = 0.05
+
+T = TypeVar("T")
+
+
+def _parse(sql: str) -> list[duckdb.Statement]:
+    try:
+        return list(duckdb.extract_statements(sql))
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from exc
+
+
+def _check_reads(statement: duckdb.Statement) -> None:
+    kind = statement.type
+    if kind == duckdb.StatementType.EXPLAIN:
+        prefix = _EXPLAIN_PREFIX.match(statement.query)
+        inner = _parse(statement.query[prefix.end() :]) if prefix else []
+        if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
+            return
+        raise QueryRefusedError("capture sql explains only statements that read (SELECT …)")
+    if kind not in _READS:
+        name = kind.name.replace("_", " ")
+        raise QueryRefusedError(
+            f"capture sql only reads: a {name} statement is refused "
+            "(to export a result, use --output FILE with --format csv|json|parquet)"
+        )
+
+
+def read_statements(sql: str) -> list[duckdb.Statement]:
+    """Split ``sql`` into its statements, each checked to only read.
+
+    Reads are ``SELECT`` (with ``WITH``, ``FROM``-first, ``VALUES``, ``SHOW``,
+    ``DESCRIBE``, ``SUMMARIZE``, a ``PIVOT`` naming its values) and
+    ``EXPLAIN`` of one. Pass the statements to :func:`run_query` as they are:
+    what runs is what was checked, not a text parsed again.
+
+    Raises:
+        QueryError: DuckDB cannot parse ``sql`` (its message).
+        QueryRefusedError: a statement would write or change a setting, or
+            there is none.
+
+    """
+    statements = _parse(sql)
+    if not statements:
+        raise QueryRefusedError("no SQL statement given")
+    for statement in statements:
+        _check_reads(statement)
+    return statements
+
+
+def _one_statement(sql: str | duckdb.Statement) -> duckdb.Statement:
+    if isinstance(sql, duckdb.Statement):
+        _check_reads(sql)
+        return sql
+    statements = read_statements(sql)
+    if len(statements) > 1:
+        raise QueryRefusedError(f"one statement at a time: this is {len(statements)}")
+    return statements[0]
+
+
+def _call(conn: duckdb.DuckDBPyConnection, call: Callable[[], T], cancel: threading.Event | None) -> T:
+    """Run ``call`` (a DuckDB call on ``conn``); with ``cancel``, stop it soon after the event is set.
+
+    With ``cancel`` the call runs on a worker thread while this one waits and
+    watches the event (set it from a signal handler: Python runs handlers in
+    the main thread, which a DuckDB call would block until the query ends);
+    once it is set, the query is interrupted (``conn.interrupt()``) and, when
+    the call has stopped, :class:`QueryCancelledError` is raised. The event
+    is never cleared here: a set event cancels every later call too.
+    """
+    if cancel is None:
+        try:
+            return call()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from exc
+    if cancel.is_set():
+        raise QueryCancelledError("query cancelled")
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed over to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="capture sql query", daemon=True).start()
+    # Never return while the call runs: the connection must be idle before
+    # anyone uses (or closes) it again, and a thread still inside DuckDB when
+    # the interpreter exits aborts the process.
+    while not finished.wait(_POLL):
+        if cancel.is_set():
+            try:
+                conn.interrupt()
+            except duckdb.Error:
+                pass  # "busy": the call is not yet where it can be interrupted; again shortly
+    if cancel.is_set():
+        raise QueryCancelledError("query cancelled")
+    done, value = outcome[0]
+    if done:
+        return cast(T, value)
+    if isinstance(value, duckdb.Error):
+        raise QueryError(str(value)) from value
+    raise value
+
+
 @dataclass
 class QueryResult:
     """The result of :func:`run_query`.
 
     Attributes:
         columns: Column names (empty for a statement that returns nothing).
-        types: DuckDB type names, one per column.
-        rows: The rows, fetched lazily in batches; iterate once.
+        types: DuckDB type names, one per column (``VARCHAR``, ``JSON``,
+            ``TIMESTAMP WITH TIME ZONE``, ``INTERVAL``, ``VARCHAR[]``, …).
+        rows: The rows, fetched lazily in batches; iterate once. Fetching
+            can raise :class:`QueryError`, and is cancelled as
+            :func:`run_query` is.
 
     """
 
@@ -576,31 +730,79 @@ class QueryResult:
     rows: Iterator[tuple[Any, ...]]
 
 
-def _fetch(conn: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[tuple[Any, ...]]:
+def _fetch(
+    conn: duckdb.DuckDBPyConnection, batch_rows: int, cancel: threading.Event | None
+) -> Iterator[tuple[Any, ...]]:
     while True:
-        try:
-            batch = conn.fetchmany(batch_rows)
-        except duckdb.Error as exc:
-            raise QueryError(str(exc)) from exc
+        batch = _call(conn, lambda: conn.fetchmany(batch_rows), cancel)
         if not batch:
             return
         yield from batch
 
 
-def run_query(conn: duckdb.DuckDBPyConnection, sql: str, *, batch_rows: int = 10_000) -> QueryResult:
-    """Run one SQL statement given by a user.
+def run_query(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str | duckdb.Statement,
+    *,
+    cancel: threading.Event | None = None,
+    batch_rows: int = 10_000,
+) -> QueryResult:
+    """Run one statement that reads, given by a user.
+
+    Args:
+        conn: From :func:`open_analytics`.
+        sql: One statement: a text, or one of :func:`read_statements`.
+        cancel: Set it (from a SIGINT handler, say) to cancel the statement,
+            running or while its rows are fetched, within a fraction of a
+            second; ``conn`` can then run the next one.
+        batch_rows: Rows fetched at a time.
 
     Raises:
         QueryError: DuckDB rejected or failed the statement; the message is DuckDB's.
+        QueryRefusedError: the statement would write, or ``sql`` is not one statement.
+        QueryCancelledError: ``cancel`` was set.
 
     """
-    try:
-        conn.execute(sql)
-    except duckdb.Error as exc:
-        raise QueryError(str(exc)) from exc
+    statement = _one_statement(sql)
+    _call(conn, lambda: conn.execute(statement), cancel)
     description = conn.description
     if not description:
         return QueryResult([], [], iter(()))
     columns = [str(column[0]) for column in description]
     types = [str(column[1]) for column in description]
-    return QueryResult(columns, types, _fetch(conn, batch_rows))
+    return QueryResult(columns, types, _fetch(conn, batch_rows, cancel))
+
+
+def write_parquet(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str | duckdb.Statement,
+    path: Path,
+    *,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Write the result of one statement that reads to a Parquet file at ``path``, in DuckDB's types.
+
+    Durations (``INTERVAL``) are written as seconds (``DOUBLE``), as in CSV
+    and JSON: Parquet's interval type keeps only milliseconds.
+
+    Cancelled as :func:`run_query` is (a partial file may be left at
+    ``path``: write to a scratch name and rename it).
+
+    Raises:
+        QueryError: the statement failed, or the file could not be written.
+        QueryRefusedError: as :func:`run_query`.
+        QueryCancelledError: ``cancel`` was set.
+
+    """
+    statement = _one_statement(sql)
+
+    def write() -> None:
+        relation = conn.sql(statement.query)
+        columns = []
+        for name, kind in zip(relation.columns, relation.types, strict=True):
+            quoted = '"' + name.replace('"', '""') + '"'
+            # Parquet's interval keeps milliseconds only: durations in seconds, as in CSV and JSON.
+            columns.append(f"epoch({quoted}) AS {quoted}" if str(kind) == "INTERVAL" else quoted)
+        relation.project(", ".join(columns)).write_parquet(str(path))
+
+    _call(conn, write, cancel)

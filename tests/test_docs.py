@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.app import app
+from cli.commands import app
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +55,22 @@ def test_fsync_loss_windows_are_stated_in_help_and_readme() -> None:
         assert phrase in text
     for policy in ("`always`", "`interval` (default)", "`never`"):
         assert policy in README
+
+
+def test_the_powershell_lines_stop_at_a_failed_step() -> None:
+    """The PowerShell twins of the first two lines run each step only if the one before it
+    succeeded, in a way Windows PowerShell 5.1 understands (no `&&`)."""
+    block = re.search(r"```powershell\n(.*?)```", README, re.S)
+    assert block is not None
+    first, second = block.group(1).strip().splitlines()[:2]
+    for line, last in ((first, "capture demo"), (second, "pytest -q")):
+        assert "&&" not in line
+        steps = line.split("; ")
+        assert steps[0] == "py -m venv .venv" and len(steps) == 3
+        assert all(step.startswith("if ($?) { ") and step.endswith(" }") for step in steps[1:])
+        assert steps[-1].endswith(f"{last} }}")
+
+
+def test_the_readme_says_how_to_activate_the_venv() -> None:
+    assert "source .venv/bin/activate" in README
+    assert ".venv\\Scripts\\Activate.ps1" in README

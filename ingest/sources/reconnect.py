@@ -9,13 +9,16 @@ Rules:
 
 * refused credentials or agent (HTTP 401/403/404, other 4xx but 429, close
   1008 with an auth or override ``error`` event) are fatal: retrying cannot help;
-* a normal end (close 1000) of a connection that lived at least
-  ``healthy_after`` seconds starts the next conversation after a short pause;
+* a normal end (close 1000) of a conversation that held a user turn (a
+  ``user_transcript`` received or a ``user_message`` sent), or that lived at
+  least ``healthy_after`` seconds, starts the next conversation after a short
+  pause: a short conversation is still a conversation;
 * everything else (network errors, HTTP 5xx and 429, closes 1002/1011/3xxx, a
-  dropped TCP connection, and any connection that ended before
-  ``healthy_after``, 1000 included) is a failure that backs off exponentially,
-  so a server that accepts and closes at once never causes a tight loop;
-* a connection that lived ``healthy_after`` seconds resets the backoff.
+  dropped TCP connection, and a 1000 sooner than ``healthy_after`` with no user
+  turn) is a failure that backs off exponentially, so a server that accepts
+  and closes at once never causes a tight loop;
+* a conversation that held a user turn or lived ``healthy_after`` seconds
+  resets the backoff.
 
 """
 
@@ -64,6 +67,8 @@ class Ended:
         error: The last ``error`` event received on the connection.
         failure: A one-line description of a network error, if that is how it ended.
         stopped: Whether we closed it because we were asked to stop.
+        user_turns: User turns it held: ``user_transcript`` frames received
+            and ``user_message`` frames sent.
 
     """
 
@@ -75,6 +80,11 @@ class Ended:
     error: ErrorEvent | None = None
     failure: str | None = None
     stopped: bool = False
+    user_turns: int = 0
+
+    def held(self, policy: ReconnectPolicy) -> bool:
+        """Whether it was a conversation that proves the server works: a user turn, or ``healthy_after`` seconds."""
+        return self.user_turns > 0 or self.lived >= policy.healthy_after
 
 
 class Verdict(enum.Enum):
@@ -123,10 +133,12 @@ def classify(ended: Ended, policy: ReconnectPolicy, *, stage: str = "connection"
             return Decision(Verdict.FATAL, f"the server refused the conversation: {error}; {hint}")
     if ended.failure is not None and not ended.opened:
         return Decision(Verdict.FAILURE, ended.failure)
-    if ended.close_code == 1000 and ended.lived >= policy.healthy_after:
+    if ended.close_code == 1000 and ended.held(policy):
         return Decision(Verdict.NORMAL, "normal end")
     if ended.close_code == 1000:
-        return Decision(Verdict.FAILURE, f"closed normally after only {ended.lived:.1f} s")
+        return Decision(
+            Verdict.FAILURE, f"closed normally after only {ended.lived:.1f} s, before any user turn"
+        )
     return Decision(Verdict.FAILURE, ended.failure or f"close {ended.close_code}")
 
 
@@ -150,8 +162,8 @@ class ReconnectPolicy:
         factor: Growth of the delay per consecutive failure.
         max_delay: The cap of the delay.
         jitter: Each delay is scaled by a random factor in [1 - jitter, 1].
-        healthy_after: A connection that lived this long resets the backoff, and
-            only then is a close 1000 a normal end.
+        healthy_after: A connection that lived this long (or held a user turn)
+            resets the backoff, and only then is a close 1000 a normal end.
         normal_pause: The pause before the next conversation after a normal end.
 
     """
@@ -193,7 +205,7 @@ class Backoff:
 
     def next_delay(self, decision: Decision, ended: Ended) -> float:
         """Return how long to wait before the next connection."""
-        if ended.lived >= self.policy.healthy_after:
+        if ended.held(self.policy):
             self._delays = None
         if decision.verdict is Verdict.NORMAL:
             return self.policy.normal_pause

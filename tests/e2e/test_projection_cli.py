@@ -1,28 +1,23 @@
-"""``capture project``, ``capture rebuild`` and ``capture sql`` as a user runs them."""
+"""``capture project`` and ``capture rebuild`` as a user runs them (``capture sql``: test_sql_cli)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 import subprocess
 from pathlib import Path
 
-import orjson
 import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from cli.projection_commands import register
+from cli.commands import app as capture_app
 from tests.conftest import capture_command, subprocess_env
 from tests.projections.test_duckdb_views import sample_log
 
 
 @pytest.fixture
 def app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    register(app)
-    return app
+    return capture_app
 
 
 def invoke(app: typer.Typer, *args: str, input: str | None = None, **env: str) -> Result:
@@ -55,62 +50,6 @@ def test_environment_variables_choose_the_files(app: typer.Typer, data_dir: Path
     assert conn.execute("SELECT count(*) FROM user_texts").fetchone() == (6,)
     conn.close()
     assert not (data_dir / "whatsapp_storage.db").exists()
-
-
-def test_sql_formats(app: typer.Typer, data_dir: Path) -> None:
-    sql = "SELECT kind, count(*) AS n FROM user_texts GROUP BY kind ORDER BY kind"
-    as_csv = invoke(app, "sql", sql, "--data-dir", str(data_dir), "--format", "csv")
-    assert as_csv.exit_code == 0, as_csv.output
-    assert list(csv.reader(io.StringIO(as_csv.stdout))) == [
-        ["kind", "n"],
-        ["user_message", "3"],
-        ["user_transcript", "3"],
-    ]
-    as_json = invoke(app, "sql", sql, "--data-dir", str(data_dir), "--format", "json")
-    assert orjson.loads(as_json.stdout) == [
-        {"kind": "user_message", "n": 3},
-        {"kind": "user_transcript", "n": 3},
-    ]
-    table = invoke(
-        app, "sql", "SELECT conversation_id, duration FROM conversations", "--data-dir", str(data_dir)
-    )
-    assert table.exit_code == 0 and "conversation_id" in table.stdout and "conv_2" in table.stdout
-    assert "3 rows" in table.stderr
-    empty_json = invoke(app, "sql", "SELECT 1 AS x WHERE false", "--data-dir", str(data_dir), "-f", "json")
-    assert orjson.loads(empty_json.stdout) == []
-
-
-def test_sql_uses_the_duckdb_option(app: typer.Typer, data_dir: Path, tmp_path: Path) -> None:
-    analytics = tmp_path / "views" / "mine.duckdb"
-    result = invoke(
-        app,
-        "sql",
-        "SELECT count(*) FROM events",
-        "--data-dir",
-        str(data_dir),
-        "--duckdb",
-        str(analytics),
-        "-f",
-        "csv",
-    )
-    assert result.exit_code == 0 and result.stdout.splitlines()[1] == "29"
-    assert analytics.exists() and not (data_dir / "analytics.duckdb").exists()
-
-
-def test_a_bad_statement_prints_duckdbs_message_and_exits_1(app: typer.Typer, data_dir: Path) -> None:
-    result = invoke(app, "sql", "SELECT * FROM no_such_view", "--data-dir", str(data_dir))
-    assert result.exit_code == 1
-    # DuckDB's own message, with its pointer into the statement; no traceback.
-    assert result.stderr.startswith("error: Catalog Error: Table with name no_such_view does not exist")
-    assert "LINE 1: SELECT * FROM no_such_view" in result.stderr and "Traceback" not in result.output
-
-
-def test_interactive_prompt(app: typer.Typer, data_dir: Path) -> None:
-    script = "SELECT 40 +\n2 AS answer;\nSELECT * FROM nope;\nSELECT count(*) AS n FROM events;\n.quit\n"
-    result = invoke(app, "sql", "--data-dir", str(data_dir), "--format", "csv", input=script)
-    assert result.exit_code == 0, result.output
-    assert "answer\n42" in result.stdout and "n\n29" in result.stdout
-    assert "nope" in result.stderr  # an error does not end the session
 
 
 def test_a_database_that_needs_a_rebuild_says_so(app: typer.Typer, data_dir: Path) -> None:

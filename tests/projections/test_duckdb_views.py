@@ -323,7 +323,7 @@ def test_every_source_gives_one_row_per_turn_and_both_stores_agree(tmp_path: Pat
     conn = open_analytics(data_dir)
     try:
         assert query(conn, "SELECT count(*) FROM user_texts") == [(len(turns),)]
-        logged_by = {tuple(row[0]) for row in query(conn, "SELECT sources FROM conversations")}
+        logged_by = {tuple(orjson.loads(row[0])) for row in query(conn, "SELECT sources FROM conversations")}
         assert {("agent_ws", "capture", "rest", "webhook"), ("monitor", "rest"), ("rest",)} <= logged_by
         assert query(conn, "SELECT DISTINCT source FROM events ORDER BY source") == [
             ("agent_ws",),

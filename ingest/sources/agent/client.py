@@ -142,6 +142,7 @@ class _Connection:
     audio: int = 0
     last_error: ErrorEvent | None = None
     replies: int = 0
+    user_turns: int = 0
     reply_seen: asyncio.Event = field(default_factory=asyncio.Event)
     conversation_started: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -244,6 +245,7 @@ class AgentClient:
     async def _one_connection(self, http: aiohttp.ClientSession) -> Ended:
         try:
             url = await self._connect_url(http)
+            log.debug("connecting to %s", url)  # the CLI's process log redacts a signed URL's signature
             websocket = await connect(
                 url,
                 max_size=self.config.max_frame_bytes,
@@ -336,6 +338,7 @@ class AgentClient:
             close_reason=reason,
             error=conn.last_error,
             stopped=self.stop.is_set(),
+            user_turns=conn.user_turns,
         )
 
     def _log_closed(self, conn: _Connection, websocket: ClientConnection, lived: float) -> None:
@@ -387,6 +390,9 @@ class AgentClient:
                             SOURCE, "in", self.config.agent_id, conn.connection_id, conversation_id
                         )
                         conn.conversation_started.set()
+                        log.info(
+                            "conversation %s connected (agent %s)", conversation_id, self.config.agent_id
+                        )
                 # The frames of a burst go to the log in one write, once this
                 # loop is about to wait for the network again (call_soon runs
                 # then): a write per frame was the receive path's largest cost.
@@ -416,6 +422,9 @@ class AgentClient:
         if frame.type == "agent_response":
             conn.replies += 1
             conn.reply_seen.set()
+            return
+        if frame.type == "user_transcript":
+            conn.user_turns += 1
             return
         error = error_of(frame)
         if error is not None:
@@ -457,6 +466,7 @@ class AgentClient:
             self._pending_line = None
             await websocket.send(message)
             self.summary.user_messages_sent += 1
+            conn.user_turns += 1
             try:
                 await asyncio.wait_for(conn.reply_seen.wait(), _REPLY_TIMEOUT)
             except TimeoutError:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from cli.app import app
+from cli.commands import app
 from ingest.log.envelope import frame_bytes
 from ingest.log.writer import LogWriter
 from ingest.simulator import Scenario, SimulatorThread
