@@ -54,7 +54,13 @@ from ingest.sources import (
 from ingest.sources.agent.user_input import open_input, read_lines
 from ingest.sources.relay import RelayConfig, run_relay
 from ingest.sources.urls import DEFAULT_BASE_URL, http_base_url, ws_base_url
-from ingest.sources.webhook.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
+from ingest.sources.webhook.receiver import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MIN_BODY_RATE,
+    DEFAULT_PATH,
+)
 
 
 __all__ = ["register"]
@@ -295,6 +301,42 @@ def register(app: typer.Typer) -> None:
                 help="Larger bodies are refused with 413, except post_call_audio (read, never stored).",
             ),
         ] = f"{DEFAULT_MAX_BODY // 2**20}MiB",
+        max_future: Annotated[
+            float | None,
+            typer.Option(
+                "--max-future",
+                min=0,
+                metavar="SECONDS",
+                help="Refuse signatures timestamped more than this far ahead of this server's clock "
+                "(default: accept any, as the official SDK does; a large skew is logged).",
+                show_default=False,
+            ),
+        ] = None,
+        idle_timeout: Annotated[
+            float,
+            typer.Option(
+                "--idle-timeout",
+                min=0.001,
+                metavar="SECONDS",
+                help="Close a connection that has not sent its request line and headers within this long.",
+            ),
+        ] = DEFAULT_IDLE_TIMEOUT,
+        body_timeout: Annotated[
+            float,
+            typer.Option(
+                "--body-timeout",
+                min=0.001,
+                metavar="SECONDS",
+                help="Answer 408 to a body that pauses this long, or that averages under "
+                "--min-body-rate once this long has passed.",
+            ),
+        ] = DEFAULT_BODY_TIMEOUT,
+        min_body_rate: Annotated[
+            str,
+            typer.Option(
+                "--min-body-rate", metavar="SIZE", help="Bytes per second a body must average (0: no floor)."
+            ),
+        ] = f"{DEFAULT_MIN_BODY_RATE}",
         no_project: NoProject = False,
         db: DbPath = None,
         verbose: Verbose = 0,
@@ -318,8 +360,17 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     f"no webhook secret: set {WEBHOOK_SECRET_ENV} (from the agent's webhook settings)"
                 )
+            rate = min_body_rate.strip()
             config = WebhookConfig(
-                secret=secret, host=host, port=port, path=path, max_body=parse_size(max_body, "--max-body")
+                secret=secret,
+                host=host,
+                port=port,
+                path=path,
+                max_body=parse_size(max_body, "--max-body"),
+                max_future=max_future,
+                idle_timeout=idle_timeout,
+                body_timeout=body_timeout,
+                min_body_rate=0 if rate == "0" else parse_size(rate, "--min-body-rate"),
             )
             stats = write_log(
                 lambda writer, stop: run_webhook_server(writer, config, stop),

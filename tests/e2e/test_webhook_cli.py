@@ -98,3 +98,25 @@ def test_deliveries_are_in_user_texts_while_it_runs(data_dir: Path) -> None:
         assert proc.poll() is None
         assert_children_never_saw(proc, SECRET)
     assert {r[2] for r in user_texts(db)} == {'["webhook"]'}
+
+
+@POSIX_ONLY
+def test_max_future_bounds_the_clock_skew_it_accepts(data_dir: Path) -> None:
+    """By default a delivery signed 10 minutes ahead is stored (as the SDK accepts it); --max-future 60 refuses it."""
+    ahead = DeliveryFactory(SECRET, clock=lambda: time.time() + 600)
+    with running(*webhook(data_dir, "--no-project"), ELEVENLABS_WEBHOOK_SECRET=SECRET) as proc:
+        assert post(listening_port(proc, TIMEOUT), ahead.transcription()) == 200
+    with running(
+        *webhook(data_dir, "--no-project", "--max-future", "60"), ELEVENLABS_WEBHOOK_SECRET=SECRET
+    ) as proc:
+        assert post(listening_port(proc, TIMEOUT), ahead.transcription()) == 401
+    assert len(list(iter_log(events_dir(data_dir)))) == 1
+
+
+def test_webhook_limits_are_checked_as_flags(data_dir: Path) -> None:
+    """A bad --min-body-rate or --max-future is one line and exit 2."""
+    for args in (("--min-body-rate", "fast"), ("--max-future", "-1")):
+        proc = start(*webhook(data_dir, *args), ELEVENLABS_WEBHOOK_SECRET=SECRET)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 2, err
+        assert "Traceback" not in err
