@@ -110,7 +110,8 @@ def _type_label(kind: bytes | None, frame_key: bytes, line: bytes) -> str:
         # "type" is not the frame's first key (or is escaped): look properly.
         at = line.find(EVENT_KEY)
         try:
-            frame: Any = orjson.loads(line[at + len(EVENT_KEY) :]) if at >= 0 else None
+            # The frame runs to the envelope's closing brace, before the newline.
+            frame: Any = orjson.loads(line[at + len(EVENT_KEY) : -2]) if at >= 0 else None
         except orjson.JSONDecodeError:
             frame = None
         value = frame.get("type") if isinstance(frame, dict) else None
