@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,8 @@ from rich.table import Table
 from cli.options import DataDir, DbPath, require_log
 from cli.output import human, reporting_errors, show
 from ingest.log.status import log_status
+from ingest.log.writer import events_dir
+from ingest.observe.figures import projection_lag
 from projections import projection_status
 
 
@@ -32,6 +35,10 @@ def register(app: typer.Typer) -> None:
             require_log(data_dir)
             status = log_status(data_dir)
             projection = projection_status(data_dir, db)
+            position = projection.get("last_projected_seq", 0) if "error" not in projection else None
+            if position is not None:
+                lag = projection_lag(events_dir(data_dir), position, status.last_seq, time.time())
+                projection["lag_seconds"] = round(lag.seconds, 3)
         if as_json:
             data = status.as_dict()
             data["projection"] = projection

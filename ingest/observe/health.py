@@ -29,11 +29,17 @@ __all__ = ["Check", "DiskState", "ReadinessPolicy", "answer", "health_checks", "
 
 @dataclass(frozen=True)
 class Check:
-    """One verdict: ``name`` (what was checked), ``ok``, and ``detail`` in words."""
+    """One verdict: ``name`` (what was checked), ``ok``, ``detail`` in words; ``warning``: passed, but look."""
 
     name: str
     ok: bool
     detail: str
+    warning: bool = False
+
+    @property
+    def mark(self) -> str:
+        """``ok``, ``warn`` or ``FAIL``: how a line of ``capture doctor`` begins."""
+        return "FAIL" if not self.ok else "warn" if self.warning else "ok"
 
 
 @dataclass(frozen=True)
