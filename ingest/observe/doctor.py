@@ -113,9 +113,9 @@ def _clock_check(answer: _Answer, clock: Callable[[], float]) -> Check:
         return Check(
             name, True, f"not checked: the platform's Date header {answer.date!r} is not a date", warning=True
         )
-    # This clock's reading when the answer came; Date has whole seconds, so
-    # a skew under a second and a half is none.
-    skew = clock() - (time.time() - answer.local_time) - theirs
+    # This clock's reading when the answer came, against the middle of the
+    # second Date names (it has whole seconds): a skew under 1.5 s is none.
+    skew = clock() - (time.time() - answer.local_time) - (theirs + 0.5)
     words = f"{abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the platform's"
     if abs(skew) <= 1.5:
         return Check(name, True, "agrees with the platform's")
