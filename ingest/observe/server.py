@@ -14,7 +14,8 @@ loop — and the receive paths on it — never wait for them.
   projection keeps up, else 503 (:func:`~ingest.observe.health.readiness_checks`).
 
 Health and readiness answer one line per check, ``ok NAME: detail`` or
-``fail NAME: detail``.
+``fail NAME: detail``. While it listens, ``<data dir>/capture.metrics`` says
+where (:mod:`~ingest.observe.address`), for ``capture status``.
 
 """
 
@@ -35,6 +36,7 @@ from prometheus_client.registry import Collector
 from ingest.errors import CaptureError, ConfigError
 from ingest.log.tally import LogTally
 from ingest.log.writer import LogWriter, events_dir
+from ingest.observe.address import address_url, forget_address, publish_address
 from ingest.observe.collector import Moment, RunCollector, build_registry
 from ingest.observe.figures import ProjectionFigures, ProjectionLag, projection_lag
 from ingest.observe.health import DiskState, ReadinessPolicy, answer, health_checks, readiness_checks
@@ -125,11 +127,17 @@ class MetricsServer:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.config.host, self.port)
+        try:
+            publish_address(writer.data_dir, address_url(self.config.host, self.port))
+        except OSError as exc:
+            log.warning("capture status will not show live figures: %s", exc)
 
     async def close(self) -> None:
         """Stop serving (idempotent)."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            if self.watched.writer is not None:
+                forget_address(self.watched.writer.data_dir)
             await runner.cleanup()
 
     def moment(self) -> Moment:
