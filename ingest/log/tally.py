@@ -148,7 +148,7 @@ class LogTally:
         self._first_seq = first_seq_of(segment) or 0
         self._offset = offset
 
-    def update(self, max_bytes: int = 4 << 20, chunk: int = 256 << 10) -> int:
+    def update(self, max_bytes: int = 64 << 20, chunk: int = 256 << 10) -> int:
         """Count what was appended since the last call, up to ``max_bytes``; return the bytes read.
 
         Reads ``chunk`` bytes at a time (each regular-expression pass holds

@@ -58,6 +58,10 @@ class Moment:
     ready: list[Check]
 
 
+# Read per call of LogTally.update; a call that read this much is called again.
+_TALLY_BYTES = 64 << 20
+
+
 def _version() -> str:
     try:
         return version("capture")
@@ -127,6 +131,19 @@ class RunCollector(Collector):
         info.add_metric([_version()], 1.0)
         yield info
 
+    def count_frames(self) -> None:
+        """Count the log's lines appended since the last count (blocking: call it in a worker thread).
+
+        A scrape calls it; so does the endpoint every few seconds, so that no
+        scrape has more than those seconds of lines to read.
+
+        """
+        if self.tally is None:
+            return
+        with self._tally_lock:
+            while self.tally.update(max_bytes=_TALLY_BYTES) >= _TALLY_BYTES:
+                pass
+
     def _log(self, moment: Moment) -> Iterator[Metric]:
         writer = self.watched.writer
         if writer is None:
@@ -162,8 +179,8 @@ class RunCollector(Collector):
         tally = self.tally
         if tally is None:
             return
+        self.count_frames()
         with self._tally_lock:
-            tally.update()
             counts = {key: float(n) for key, n in tally.counts.items()}
         yield _labelled(
             CounterMetricFamily,

@@ -47,6 +47,9 @@ __all__ = ["MetricsConfig", "MetricsServer", "disk_state"]
 
 log = logging.getLogger("capture.metrics")
 
+#: Seconds between counts of the log's new lines by type, scrapes or not.
+TALLY_EVERY = 2.0
+
 
 @dataclass(frozen=True)
 class MetricsConfig:
@@ -93,8 +96,10 @@ class MetricsServer:
         self.port: int | None = None
         self.registry: CollectorRegistry | None = None
         self._extra = collectors
+        self.collector: RunCollector | None = None
         self._runner: web.AppRunner | None = None
         self._stop: asyncio.Event | None = None
+        self._counting: asyncio.Task[None] | None = None
 
     async def start(self, writer: LogWriter, stop: asyncio.Event) -> None:
         """Start serving once the log is open.
@@ -109,7 +114,8 @@ class MetricsServer:
         segment = writer.active_segment
         if segment is not None:
             tally = LogTally(events_dir(writer.data_dir), segment, segment.stat().st_size)
-        self.registry = build_registry(RunCollector(self.watched, tally, self.moment), *self._extra)
+        self.collector = RunCollector(self.watched, tally, self.moment)
+        self.registry = build_registry(self.collector, *self._extra)
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -125,6 +131,7 @@ class MetricsServer:
                 f"{exc.strerror or exc}; pick another --metrics-host or --metrics-port"
             ) from exc
         self._runner = runner
+        self._counting = asyncio.create_task(self._count_frames(), name="capture-metrics-tally")
         self.port = int(runner.addresses[0][1])
         log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.config.host, self.port)
         try:
@@ -135,10 +142,20 @@ class MetricsServer:
     async def close(self) -> None:
         """Stop serving (idempotent)."""
         runner, self._runner = self._runner, None
+        if self._counting is not None:
+            self._counting.cancel()
+            self._counting = None
         if runner is not None:
             if self.watched.writer is not None:
                 forget_address(self.watched.writer.data_dir)
             await runner.cleanup()
+
+    async def _count_frames(self) -> None:
+        collector = self.collector
+        assert collector is not None
+        while True:
+            await asyncio.sleep(TALLY_EVERY)
+            await asyncio.to_thread(collector.count_frames)
 
     def moment(self) -> Moment:
         """Read the files and the projection's store once: what a scrape or a readiness check needs.
