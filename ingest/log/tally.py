@@ -93,25 +93,28 @@ KNOWN_TYPES = frozenset(
     }
 )
 
-# One complete line of the log: the envelope's own fields in their fixed order
-# (capture writes them), then the frame. Anchored at a line's start: a frame
-# holds no raw newline, so nothing inside one can pass for a line.
+# The start of one log line: a newline, then the envelope's own fields in their
+# fixed order (capture writes them; ids are JSON strings, which hold no raw
+# newline nor unescaped quote), up to the frame's first key. A frame holds no
+# raw newline, so nothing inside one can pass for a line; the text searched
+# begins with a newline of its own.
 _LINE = re.compile(
-    rb'^\{"seq":\d+,"received_at":"[^"\n]*","source":"([^"\\\n]{0,64})","direction":"(in|out)",'
-    rb'[^\n]*?,"crc32":\d+,"(event|raw|raw_b64)":(?:\{"type":"([^"\\\n]{1,64})")?[^\n]*\n',
-    re.MULTILINE,
+    rb'\n\{"seq":\d+,"received_at":"[^"\n]*","source":"([^"\\\n]{0,64})","direction":"(in|out)",'
+    rb'(?:"[a-z_]+":(?:null|"[^"\\\n]*"),)*"crc32":\d+,"(event|raw|raw_b64)":(?:\{"type":"([^"\\\n]{1,64})")?'
 )
 
 
-def _type_label(kind: bytes | None, frame_key: bytes, line: bytes) -> str:
+def _type_label(kind: bytes | None, frame_key: bytes, line: bytes | None) -> str:
     if frame_key != b"event":
         return "not_json"
     if kind is None:
         # "type" is not the frame's first key (or is escaped): look properly.
-        at = line.find(EVENT_KEY)
+        at = line.find(EVENT_KEY) if line is not None else -1
         try:
             # The frame runs to the envelope's closing brace, before the newline.
-            frame: Any = orjson.loads(line[at + len(EVENT_KEY) : -2]) if at >= 0 else None
+            frame: Any = (
+                orjson.loads(line[at + len(EVENT_KEY) : -2]) if line is not None and at >= 0 else None
+            )
         except orjson.JSONDecodeError:
             frame = None
         value = frame.get("type") if isinstance(frame, dict) else None
@@ -198,17 +201,25 @@ class LogTally:
         return len(line)
 
     def _count(self, data: bytes) -> None:
-        counts = self.counts
-        for match in _LINE.finditer(data):
-            source, direction, frame_key, kind = match.groups()
-            label = source.decode("utf-8", "replace")
-            key = (
-                label if label in KNOWN_SOURCES else "other",
-                direction.decode(),
-                _type_label(kind, frame_key, match.group(0)),
-            )
-            counts[key] += 1
-            self.lines += 1
+        # findall and Counter run in C: Python code runs once per distinct
+        # (source, direction, frame key, type), not once per line.
+        found = Counter(_LINE.findall(b"\n" + data))
+        if any(frame_key == b"event" and not kind for _, _, frame_key, kind in found):
+            # Frames whose type is not their first key (a REST conversation has
+            # none): those lines are parsed, one by one.
+            found = Counter({key: n for key, n in found.items() if key[2] != b"event" or key[3]})
+            for line in data.split(b"\n"):
+                match = _LINE.match(b"\n" + line)
+                if match is not None and match.group(3) == b"event" and match.group(4) is None:
+                    source, direction, _, _ = match.groups()
+                    self._add(source, direction, _type_label(None, b"event", line + b"\n"), 1)
+        for (source, direction, frame_key, kind), n in found.items():
+            self._add(source, direction, _type_label(kind or None, frame_key, None), n)
+
+    def _add(self, source: bytes, direction: bytes, label: str, n: int) -> None:
+        name = source.decode("utf-8", "replace")
+        self.counts[(name if name in KNOWN_SOURCES else "other", direction.decode(), label)] += n
+        self.lines += n
 
     def _next_segment(self) -> Path | None:
         """The plain segment after the current one, once the current one is no longer written."""
