@@ -18,7 +18,6 @@ same registry (see :func:`build_registry`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ingest.log.segments import list_segments
-from ingest.log.tally import LogTally
+from ingest.log.tally import TallyKey
 from ingest.log.writer import events_dir
 from ingest.observe.figures import ProjectionFigures, ProjectionLag
 from ingest.observe.health import Check, DiskState
@@ -56,10 +55,6 @@ class Moment:
     disk: DiskState | None
     projection: tuple[ProjectionFigures, ProjectionLag] | Exception | None
     ready: list[Check]
-
-
-# Read per call of LogTally.update; a call that read this much is called again.
-_TALLY_BYTES = 64 << 20
 
 
 def _version() -> str:
@@ -100,16 +95,22 @@ class RunCollector(Collector):
 
     Args:
         watched: The run's counters.
-        tally: Counts the log's new lines by source and type (``None``: no such metric).
+        tally: Returns the latest counts of the log's new lines by source,
+            direction and type (:class:`~ingest.observe.tally_process.TallyProcess`);
+            ``None``: no such metric.
         moment: Reads the files and the projection once per scrape.
 
     """
 
-    def __init__(self, watched: Watched, tally: LogTally | None, moment: Callable[[], Moment]) -> None:
+    def __init__(
+        self,
+        watched: Watched,
+        tally: Callable[[], Mapping[TallyKey, int]] | None,
+        moment: Callable[[], Moment],
+    ) -> None:
         self.watched = watched
         self.tally = tally
         self.moment = moment
-        self._tally_lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         moment = self.moment()
@@ -130,19 +131,6 @@ class RunCollector(Collector):
         info = GaugeMetricFamily("capture_build_info", "capture's version.", labels=["version"])
         info.add_metric([_version()], 1.0)
         yield info
-
-    def count_frames(self) -> None:
-        """Count the log's lines appended since the last count (blocking: call it in a worker thread).
-
-        A scrape calls it; so does the endpoint every few seconds, so that no
-        scrape has more than those seconds of lines to read.
-
-        """
-        if self.tally is None:
-            return
-        with self._tally_lock:
-            while self.tally.update(max_bytes=_TALLY_BYTES) >= _TALLY_BYTES:
-                pass
 
     def _log(self, moment: Moment) -> Iterator[Metric]:
         writer = self.watched.writer
@@ -179,9 +167,7 @@ class RunCollector(Collector):
         tally = self.tally
         if tally is None:
             return
-        self.count_frames()
-        with self._tally_lock:
-            counts = {key: float(n) for key, n in tally.counts.items()}
+        counts = {key: float(n) for key, n in tally().items()}
         yield _labelled(
             CounterMetricFamily,
             "capture_frames_logged",

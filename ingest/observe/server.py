@@ -3,8 +3,9 @@
 An aiohttp :class:`~aiohttp.web.AppRunner` started inside the run (as the
 webhook receiver is), so it needs no thread of its own and sees the run's
 counters where they are kept. Scrapes and readiness checks read files (the
-log's new lines, the projection's store) in a worker thread, so the event
-loop — and the receive paths on it — never wait for them.
+projection's store) in a worker thread, so the event loop — and the receive
+paths on it — never wait for them; the frames by type are counted from the
+log by a process of its own (:mod:`~ingest.observe.tally_process`).
 
 * ``GET /metrics``: the Prometheus text exposition of a per-run registry
   (:func:`~ingest.observe.collector.build_registry`);
@@ -34,21 +35,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.registry import Collector
 
 from ingest.errors import CaptureError, ConfigError
-from ingest.log.tally import LogTally
 from ingest.log.writer import LogWriter, events_dir
 from ingest.observe.address import address_url, forget_address, publish_address
 from ingest.observe.collector import Moment, RunCollector, build_registry
 from ingest.observe.figures import ProjectionFigures, ProjectionLag, projection_lag
 from ingest.observe.health import DiskState, ReadinessPolicy, answer, health_checks, readiness_checks
+from ingest.observe.tally_process import TallyProcess
 from ingest.observe.watch import Watched
 
 
 __all__ = ["MetricsConfig", "MetricsServer", "disk_state"]
 
 log = logging.getLogger("capture.metrics")
-
-#: Seconds between counts of the log's new lines by type, scrapes or not.
-TALLY_EVERY = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class MetricsServer:
         self.collector: RunCollector | None = None
         self._runner: web.AppRunner | None = None
         self._stop: asyncio.Event | None = None
-        self._counting: asyncio.Task[None] | None = None
+        self._tally = TallyProcess()
 
     async def start(self, writer: LogWriter, stop: asyncio.Event) -> None:
         """Start serving once the log is open.
@@ -110,11 +108,10 @@ class MetricsServer:
         """
         self.watched.writer = writer
         self._stop = stop
-        tally = None
         segment = writer.active_segment
         if segment is not None:
-            tally = LogTally(events_dir(writer.data_dir), segment, segment.stat().st_size)
-        self.collector = RunCollector(self.watched, tally, self.moment)
+            await self._tally.start(events_dir(writer.data_dir), segment, segment.stat().st_size)
+        self.collector = RunCollector(self.watched, lambda: self._tally.counts, self.moment)
         self.registry = build_registry(self.collector, *self._extra)
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
@@ -126,12 +123,12 @@ class MetricsServer:
             await web.TCPSite(runner, self.config.host, self.config.port).start()
         except OSError as exc:
             await runner.cleanup()
+            await self._tally.close()
             raise ConfigError(
                 f"cannot listen on {self.config.host}:{self.config.port} for metrics: "
                 f"{exc.strerror or exc}; pick another --metrics-host or --metrics-port"
             ) from exc
         self._runner = runner
-        self._counting = asyncio.create_task(self._count_frames(), name="capture-metrics-tally")
         self.port = int(runner.addresses[0][1])
         log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.config.host, self.port)
         try:
@@ -142,20 +139,11 @@ class MetricsServer:
     async def close(self) -> None:
         """Stop serving (idempotent)."""
         runner, self._runner = self._runner, None
-        if self._counting is not None:
-            self._counting.cancel()
-            self._counting = None
         if runner is not None:
             if self.watched.writer is not None:
                 forget_address(self.watched.writer.data_dir)
             await runner.cleanup()
-
-    async def _count_frames(self) -> None:
-        collector = self.collector
-        assert collector is not None
-        while True:
-            await asyncio.sleep(TALLY_EVERY)
-            await asyncio.to_thread(collector.count_frames)
+        await self._tally.close()
 
     def moment(self) -> Moment:
         """Read the files and the projection's store once: what a scrape or a readiness check needs.

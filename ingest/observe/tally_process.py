@@ -74,11 +74,11 @@ class TallyProcess:
         if sys.platform != "win32":
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, self._process.pid, 19)
-        self._reading = asyncio.create_task(self._read(), name="capture-metrics-tally")
+        self._reading = asyncio.create_task(self._read(self._process), name="capture-metrics-tally")
 
-    async def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        while line := await self._process.stdout.readline():
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
             try:
                 report = orjson.loads(line)
                 self.counts = {(s, d, t): int(n) for s, d, t, n in report["counts"]}

@@ -78,6 +78,13 @@ def test_a_running_writer_with_metrics_shows_its_live_figures(data_dir: Path) ->
         ):  # fmt: skip
             wait_until(lambda: fetch(metrics, "/readyz")[0] == 200, 30, "ready")
             assert (data_dir / ADDRESS_NAME).exists()
+            key = 'capture_frames_logged_total{direction="in",source="agent_ws",type="conversation_initiation_metadata"}'
+
+            def counted() -> bool:  # by the tally's process, a second or so behind
+                live = status_json(data_dir)["live"]
+                return isinstance(live, dict) and key in (live["metrics"] or {})
+
+            wait_until(counted, 30, "the frames counted by type")
             data = status_json(data_dir)
             check_documented(data)
             live = data["live"]
@@ -89,7 +96,6 @@ def test_a_running_writer_with_metrics_shows_its_live_figures(data_dir: Path) ->
             )
             assert live["checks"][0].startswith("ok agent_ws")
             assert live["metrics"]["capture_agent_connected"] == 1.0
-            key = 'capture_frames_logged_total{direction="in",source="agent_ws",type="conversation_initiation_metadata"}'
             assert live["metrics"][key] >= 1
             assert not any(
                 name.endswith("_bucket") or not name.startswith("capture_") for name in live["metrics"]

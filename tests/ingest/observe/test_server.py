@@ -128,6 +128,18 @@ def test_a_scrape_shows_the_sources_counters_and_the_frames_by_type(data_dir: Pa
                 return watched.agent.pong_seconds.count >= 2 and watched.agent.connected
 
             await until(pinged, "two pongs")
+
+            async def tallied() -> bool:
+                # The frames by type are counted by a process of their own, a second or so behind.
+                samples = parse((await get(port, "/metrics"))[1])
+                return (
+                    "capture_frames_logged_total",
+                    (("direction", "in"), ("source", "webhook"), ("type", "post_call_transcription")),
+                ) in samples and value(
+                    samples, "capture_frames_logged_total", source="agent_ws", direction="in", type="ping"
+                ) >= 2
+
+            await until(tallied, "the frames counted by type")
             status, text = await get(port, "/metrics")
             assert status == 200
             samples = parse(text)
