@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.observe.tally_process import TallyProcess
 from ingest.simulator import AccountSpec, SimulatorThread
 from ingest.sources.relay.config import RelayConfig
 from ingest.sources.webhook.receiver import WebhookConfig
@@ -30,8 +31,9 @@ LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd
 
 # The agent client's and the monitor's websockets close_timeout (a literal in their connect calls).
 SOCKET_CLOSE_TIMEOUT = 5.0
-# The metrics endpoint's own shutdown timeout, and the final fsync of a saturated disk.
-METRICS_SHUTDOWN, FINAL_FSYNC = 1.0, 5.0
+# The metrics endpoint's own shutdown timeout and its tally process', and the final fsync of a
+# saturated disk.
+METRICS_SHUTDOWN, FINAL_FSYNC = 1.0 + inspect.signature(TallyProcess.close).parameters["timeout"].default, 5.0
 
 
 def unit(text: str | None = None) -> dict[str, dict[str, list[str]]]:
