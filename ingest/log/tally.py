@@ -4,8 +4,10 @@ The metrics endpoint needs frames by source and type; the receive paths keep
 only totals, and a count per frame there would be work on the hottest path.
 The log already holds every frame with its source, direction and type, so
 :class:`LogTally` reads what was appended since its last look (a seek, one
-read of the new bytes, one regular expression over them) when it is asked:
-at scrape time, in a worker thread, a bounded number of bytes per call.
+read of the new bytes, one regular expression and a ``Counter`` over them,
+both in C: about 1.4 µs a line). The metrics endpoint runs it in a process of
+its own (:mod:`ingest.observe.tally_process`), so that it takes nothing from
+the writing process's GIL.
 
 Labels are a bounded set: a type the platform documents (:data:`KNOWN_TYPES`)
 is itself, any other ``other``; a frame without a type (a REST conversation)
