@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import socket
 import sqlite3
@@ -120,6 +119,8 @@ def test_a_data_dir_in_memory_is_a_warning(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock")
 def test_the_lock_is_free_held_by_a_live_process_or_held_in_the_name_of_a_dead_one(data_dir: Path) -> None:
+    import fcntl  # POSIX only
+
     data_dir.mkdir()
     assert lock_check(data_dir).detail.startswith("free")
     with LogWriter.open(data_dir, command="capture ingest"):
