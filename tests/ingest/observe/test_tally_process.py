@@ -35,7 +35,12 @@ def test_it_reports_the_lines_appended_after_its_position_and_ends_with_its_stdi
             await tally.start(events_dir(data_dir), segment, segment.stat().st_size, every=0.05)
             try:
                 process = psutil.Process(tally._process.pid)  # type: ignore[union-attr]
-                assert "sk_never_in_a_child" not in process.environ().values()
+                deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
+                while "ingest.observe.tally_process" not in process.cmdline():  # until its exec
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                environ = process.environ()
+                assert environ and "sk_never_in_a_child" not in environ.values()
                 if sys.platform != "win32":
                     assert process.nice() == 19
                 for _ in range(3):
