@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,11 +12,11 @@ from cli.options import AgentId, BaseUrl, DataDir, DbPath
 from cli.output import console
 from cli.secrets import take_secrets
 from cli.sql_command import DuckdbPath
-from ingest.log.lock import probe_lock
-from ingest.observe.doctor import data_dir_checks, lock_check, platform_checks, webhook_secret_check
-from ingest.observe.health import Check
 from ingest.sources.urls import DEFAULT_BASE_URL
-from projections.health import projection_check, views_check
+
+
+if TYPE_CHECKING:
+    from ingest.observe.health import Check
 
 
 __all__ = ["register"]
@@ -31,6 +31,10 @@ def run_checks(
     webhook_configured: bool,
 ) -> list[Check]:
     """Every check, in the order a deployment meets them."""
+    from ingest.log.lock import probe_lock
+    from ingest.observe.doctor import data_dir_checks, lock_check, platform_checks, webhook_secret_check
+    from projections.health import projection_check, views_check
+
     secrets = take_secrets()
     checks = asyncio.run(platform_checks(base_url, agent_id, secrets.api_key))
     checks.append(webhook_secret_check(webhook_configured, secrets.webhook_secret))

@@ -15,7 +15,6 @@ from cli.options import DataDir, DbPath, require_log
 from cli.output import human, reporting_errors, show
 from ingest.log.status import log_status
 from ingest.log.writer import events_dir
-from ingest.observe.address import published_url, scrape
 from ingest.observe.figures import projection_lag
 from projections import projection_status
 
@@ -41,6 +40,8 @@ def register(app: typer.Typer) -> None:
             if position is not None:
                 lag = projection_lag(events_dir(data_dir), position, status.last_seq, time.time())
                 projection["lag_seconds"] = round(lag.seconds, 3)
+            from ingest.observe.address import published_url, scrape  # prometheus-client: only here
+
             url = published_url(data_dir, status.writer)
             live = scrape(url) if url is not None else None
         if as_json:

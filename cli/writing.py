@@ -6,16 +6,18 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ingest.observe.server import MetricsConfig, MetricsServer
 from ingest.observe.watch import Watched
 from ingest.sources import LogSettings, Sidecar, Source, run_source, run_sources
 from ingest.sources.run import Observer
 from ingest.sources.signals import stop_on_signals
-from projections.health import projection_figures
 from projections.live import live_projection_sidecar
 from projections.sqlite import default_db_path
+
+
+if TYPE_CHECKING:
+    from ingest.observe.server import MetricsServer
 
 
 __all__ = ["Written", "metrics_server", "write_log", "write_log_from"]
@@ -43,6 +45,10 @@ def metrics_server(
     """The ``--metrics-port`` endpoint of a run, or ``None`` without the flag; it reads the live projection's store."""
     if port is None:
         return None
+    # Loaded only for a run that serves metrics: every other command starts without prometheus-client.
+    from ingest.observe.server import MetricsConfig, MetricsServer
+    from projections.health import projection_figures
+
     if not no_project:
         db_path = db or default_db_path(settings.data_dir)
         watched.projection = lambda: projection_figures(db_path)
