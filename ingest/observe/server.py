@@ -110,7 +110,10 @@ class MetricsServer:
         self._stop = stop
         segment = writer.active_segment
         if segment is not None:
-            await self._tally.start(events_dir(writer.data_dir), segment, segment.stat().st_size)
+            try:
+                await self._tally.start(events_dir(writer.data_dir), segment, segment.stat().st_size)
+            except OSError as exc:
+                log.warning("frames by type will not be counted: %s", exc.strerror or exc)
         self.collector = RunCollector(self.watched, lambda: self._tally.counts, self.moment)
         self.registry = build_registry(self.collector, *self._extra)
         app = web.Application()
