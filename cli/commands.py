@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperCommand
 
 from cli import (
+    doctor_command,
     ingest_commands,
     log_commands,
     projection_commands,
@@ -32,6 +33,7 @@ app = typer.Typer(
 ingest_commands.register(app)
 relay_command.register(app)
 log_commands.register(app)
+doctor_command.register(app)
 projection_commands.register(app)
 sql_command.register(app)
 simulator_commands.register(app)

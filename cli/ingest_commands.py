@@ -21,6 +21,8 @@ from cli.options import (
     DbPath,
     Fsync,
     FsyncInterval,
+    MetricsHost,
+    MetricsPort,
     NoProject,
     Quiet,
     SegmentAge,
@@ -33,10 +35,11 @@ from cli.options import (
 from cli.output import console, progress_bar, reporting_errors, say, warn
 from cli.process_log import setup_logging
 from cli.secrets import API_KEY_ENV, RELAY_TOKEN_ENV, WEBHOOK_SECRET_ENV, take_secrets
-from cli.writing import write_log, write_log_from
+from cli.writing import metrics_server, write_log, write_log_from
 from ingest.errors import CaptureError, ConfigError
 from ingest.log.segments import DEFAULT_MAX_AGE, RotationPolicy
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy
+from ingest.observe.watch import BackfillWatch, MonitorWatch, Watched
 from ingest.sources import (
     AgentConfig,
     BackfillConfig,
@@ -44,8 +47,11 @@ from ingest.sources import (
     IngestSummary,
     LogSettings,
     MonitorConfig,
+    MonitorReport,
+    RelayReport,
     Source,
     WebhookConfig,
+    WebhookStats,
     run_agent,
     run_backfill,
     run_monitor,
@@ -200,6 +206,8 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        metrics_port: MetricsPort = None,
+        metrics_host: MetricsHost = "127.0.0.1",
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
@@ -222,6 +230,7 @@ def register(app: typer.Typer) -> None:
                 )
             ws_base_url(base_url)  # a bad URL fails now, not at the first connection
             sources: list[Source[object]] = []
+            watched = Watched()
             if webhook_port is not None:
                 secret = _required(
                     secrets.webhook_secret,
@@ -230,7 +239,10 @@ def register(app: typer.Typer) -> None:
                 webhook = WebhookConfig(
                     secret=secret, host=webhook_host, port=webhook_port, path=webhook_path
                 )
-                sources.append(lambda writer, stop: run_webhook_server(writer, webhook, stop))
+                watched.webhook = webhook_stats = WebhookStats()
+                sources.append(
+                    lambda writer, stop: run_webhook_server(writer, webhook, stop, stats=webhook_stats)
+                )
             key = ""
             if backfill_follow or monitor:
                 key = _required(
@@ -238,10 +250,14 @@ def register(app: typer.Typer) -> None:
                 )
             if backfill_follow:
                 rest = BackfillConfig(agent, base_url, key, follow=True, interval=backfill_interval)
-                sources.append(lambda writer, stop: run_backfill(writer, rest, stop))
+                watched.backfill = BackfillWatch(BackfillReport(), follow=True, interval=backfill_interval)
+                rest_report = watched.backfill.report
+                sources.append(lambda writer, stop: run_backfill(writer, rest, stop, report=rest_report))
             if monitor:
                 live = MonitorConfig(agent, base_url, key)
-                sources.append(lambda writer, stop: run_monitor(writer, live, stop))
+                watched.monitor = MonitorWatch(MonitorReport(), live.poll_interval)
+                live_report = watched.monitor.report
+                sources.append(lambda writer, stop: run_monitor(writer, live, stop, report=live_report))
             if relay_port is not None:
                 relay_config = RelayConfig(
                     agent_ids=[agent],
@@ -252,7 +268,10 @@ def register(app: typer.Typer) -> None:
                     port=relay_port,
                     public_url=relay_public_url,
                 )
-                sources.append(lambda writer, stop: run_relay(writer, relay_config, stop))
+                watched.relay = relay_report = RelayReport()
+                sources.append(
+                    lambda writer, stop: run_relay(writer, relay_config, stop, report=relay_report)
+                )
             rotation = RotationPolicy(max_bytes=parse_size(segment_size), max_age=segment_age)
             if agent_ws:
                 config = AgentConfig(
@@ -264,19 +283,25 @@ def register(app: typer.Typer) -> None:
                     dynamic_variables=parse_vars(var or []),
                 )
                 lines = read_lines(open_input(input_spec)) if input_spec else None
+                watched.agent = summary = IngestSummary()
                 sources.append(
                     lambda writer, stop: run_agent(
-                        writer, config, stop, user_lines=lines, max_conversations=max_conversations
+                        writer,
+                        config,
+                        stop,
+                        user_lines=lines,
+                        max_conversations=max_conversations,
+                        summary=summary,
                     )
                 )
-            reports = write_log_from(
-                sources, LogSettings(data_dir, fsync, fsync_interval, rotation), db, no_project
-            ).report
-        for summary in reports:
-            if isinstance(summary, IngestSummary):
+            settings = LogSettings(data_dir, fsync, fsync_interval, rotation)
+            metrics = metrics_server(metrics_port, metrics_host, watched, settings, db, no_project)
+            reports = write_log_from(sources, settings, db, no_project, metrics).report
+        for report in reports:
+            if isinstance(report, IngestSummary):
                 console.print(
-                    f"{summary.conversations} conversations, {summary.frames_logged} frames logged, "
-                    f"{summary.audio_skipped} audio frames skipped",
+                    f"{report.conversations} conversations, {report.frames_logged} frames logged, "
+                    f"{report.audio_skipped} audio frames skipped",
                     highlight=False,
                 )
 
@@ -339,6 +364,8 @@ def register(app: typer.Typer) -> None:
         ] = f"{DEFAULT_MIN_BODY_RATE}",
         no_project: NoProject = False,
         db: DbPath = None,
+        metrics_port: MetricsPort = None,
+        metrics_host: MetricsHost = "127.0.0.1",
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
@@ -372,11 +399,14 @@ def register(app: typer.Typer) -> None:
                 body_timeout=body_timeout,
                 min_body_rate=0 if rate == "0" else parse_size(rate, "--min-body-rate"),
             )
+            watched = Watched(webhook=WebhookStats())
+            settings = LogSettings(data_dir, fsync, command="capture webhook")
             stats = write_log(
-                lambda writer, stop: run_webhook_server(writer, config, stop),
-                LogSettings(data_dir, fsync, command="capture webhook"),
+                lambda writer, stop: run_webhook_server(writer, config, stop, stats=watched.webhook),
+                settings,
                 db,
                 no_project,
+                metrics_server(metrics_port, metrics_host, watched, settings, db, no_project),
             ).report
         console.print(str(stats), highlight=False, soft_wrap=True)
 
@@ -442,6 +472,8 @@ def register(app: typer.Typer) -> None:
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
         no_project: NoProject = False,
         db: DbPath = None,
+        metrics_port: MetricsPort = None,
+        metrics_host: MetricsHost = "127.0.0.1",
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
@@ -476,11 +508,16 @@ def register(app: typer.Typer) -> None:
                     description = f"backfill: {report.listed} listed, {report.already_captured} in the log"
                     bar.update(task, description=description, total=report.queued, completed=report.answered)
 
+                watch = BackfillWatch(BackfillReport(), follow=follow, interval=interval)
+                settings = LogSettings(data_dir, fsync, fsync_interval, command="capture backfill")
                 written = write_log(
-                    lambda writer, stop: run_backfill(writer, config, stop, show),
-                    LogSettings(data_dir, fsync, fsync_interval, command="capture backfill"),
+                    lambda writer, stop: run_backfill(writer, config, stop, show, report=watch.report),
+                    settings,
                     db,
                     no_project,
+                    metrics_server(
+                        metrics_port, metrics_host, Watched(backfill=watch), settings, db, no_project
+                    ),
                 )
             report = written.report
             console.print(_backfill_summary(report), highlight=False, soft_wrap=True)
@@ -541,6 +578,8 @@ def register(app: typer.Typer) -> None:
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
         no_project: NoProject = False,
         db: DbPath = None,
+        metrics_port: MetricsPort = None,
+        metrics_host: MetricsHost = "127.0.0.1",
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
@@ -564,11 +603,14 @@ def register(app: typer.Typer) -> None:
                 max_conversations=max_conversations,
             )
             ws_base_url(base_url)  # a bad URL fails now, not at the first connection
+            watch = MonitorWatch(MonitorReport(), poll_interval)
+            settings = LogSettings(data_dir, fsync, fsync_interval, command="capture monitor")
             report = write_log(
-                lambda writer, stop: run_monitor(writer, config, stop),
-                LogSettings(data_dir, fsync, fsync_interval, command="capture monitor"),
+                lambda writer, stop: run_monitor(writer, config, stop, report=watch.report),
+                settings,
                 db,
                 no_project,
+                metrics_server(metrics_port, metrics_host, Watched(monitor=watch), settings, db, no_project),
             ).report
         console.print(
             f"{report.conversations} conversations monitored, {report.frames_logged} frames logged, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,8 @@ from rich.table import Table
 from cli.options import DataDir, DbPath, require_log
 from cli.output import human, reporting_errors, show
 from ingest.log.status import log_status
+from ingest.log.writer import events_dir
+from ingest.observe.figures import projection_lag
 from projections import projection_status
 
 
@@ -32,9 +36,18 @@ def register(app: typer.Typer) -> None:
             require_log(data_dir)
             status = log_status(data_dir)
             projection = projection_status(data_dir, db)
+            position = projection.get("last_projected_seq", 0) if "error" not in projection else None
+            if position is not None:
+                lag = projection_lag(events_dir(data_dir), position, status.last_seq, time.time())
+                projection["lag_seconds"] = round(lag.seconds, 3)
+            from ingest.observe.address import published_url, scrape  # prometheus-client: only here
+
+            url = published_url(data_dir, status.writer)
+            live = scrape(url) if url is not None else None
         if as_json:
             data = status.as_dict()
             data["projection"] = projection
+            data["live"] = asdict(live) if live is not None else None
             typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
             return
         table = Table(show_header=False, box=None)
@@ -48,4 +61,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("ingest", f"running: {status.writer}" if status.writer else "not running")
         for key, value in projection.items():
             table.add_row(f"projection {key.replace('_', ' ')}", human(value))
+        if live is not None:
+            table.add_row("live", live.url + (f" (cannot be read: {live.error})" if live.error else ""))
+            for check in live.checks:
+                table.add_row("live ready", check)
+            for name, value in (live.metrics or {}).items():
+                table.add_row(f"live {name}", human(int(value) if value.is_integer() else round(value, 6)))
         show(table)

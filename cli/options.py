@@ -20,6 +20,8 @@ __all__ = [
     "DbPath",
     "Fsync",
     "FsyncInterval",
+    "MetricsHost",
+    "MetricsPort",
     "NoProject",
     "Quiet",
     "SegmentAge",
@@ -101,6 +103,23 @@ SegmentAge = Annotated[
     typer.Option(
         "--segment-age", min=0.001, metavar="SECONDS", help="Roll to a new segment after this many seconds."
     ),
+]
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        metavar="PORT",
+        help="Serve Prometheus metrics (/metrics), /healthz and /readyz on this port (off by default).",
+        show_default=False,
+    ),
+]
+
+MetricsHost = Annotated[
+    str,
+    typer.Option("--metrics-host", metavar="HOST", help="Interface the metrics endpoint listens on."),
 ]
 
 NoProject = Annotated[

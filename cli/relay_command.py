@@ -7,14 +7,26 @@ from typing import Annotated
 
 import typer
 
-from cli.options import BaseUrl, DataDir, DbPath, Fsync, FsyncInterval, NoProject, Quiet, Verbose
+from cli.options import (
+    BaseUrl,
+    DataDir,
+    DbPath,
+    Fsync,
+    FsyncInterval,
+    MetricsHost,
+    MetricsPort,
+    NoProject,
+    Quiet,
+    Verbose,
+)
 from cli.output import console, reporting_errors
 from cli.process_log import setup_logging
 from cli.secrets import take_secrets
-from cli.writing import write_log
+from cli.writing import metrics_server, write_log
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy
+from ingest.observe.watch import Watched
 from ingest.sources import LogSettings
-from ingest.sources.relay import RelayConfig, run_relay
+from ingest.sources.relay import RelayConfig, RelayReport, run_relay
 from ingest.sources.urls import DEFAULT_BASE_URL
 
 
@@ -66,6 +78,8 @@ def register(app: typer.Typer) -> None:
         ] = 10.0,
         fsync: Fsync = FsyncPolicy.INTERVAL,
         fsync_interval: FsyncInterval = DEFAULT_FSYNC_INTERVAL,
+        metrics_port: MetricsPort = None,
+        metrics_host: MetricsHost = "127.0.0.1",
         verbose: Verbose = 0,
         quiet: Quiet = False,
     ) -> None:
@@ -91,10 +105,13 @@ def register(app: typer.Typer) -> None:
                 public_url=public_url,
                 stall_timeout=stall_timeout,
             )
+            watched = Watched(relay=RelayReport())
+            settings = LogSettings(data_dir, fsync, fsync_interval, command="capture relay")
             report = write_log(
-                lambda writer, stop: run_relay(writer, config, stop),
-                LogSettings(data_dir, fsync, fsync_interval, command="capture relay"),
+                lambda writer, stop: run_relay(writer, config, stop, report=watched.relay),
+                settings,
                 db,
                 no_project,
+                metrics_server(metrics_port, metrics_host, watched, settings, db, no_project),
             ).report
         console.print(str(report), highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ from ingest.log.envelope import LineError, LogLine, decode_line
 from ingest.log.segments import first_seq_of, list_segments
 
 
-__all__ = ["ReadStats", "iter_log", "last_seq_of", "open_segment"]
+__all__ = ["ReadStats", "find_line", "iter_log", "last_seq_of", "open_segment"]
 
 _SEQ_PREFIX = b'{"seq":'
 
@@ -122,3 +122,68 @@ def last_seq_of(path: Path) -> int:
             except LineError:
                 continue
     return last
+
+
+# Below this many bytes, a segment is searched line by line.
+_SEARCH_WINDOW = 64 * 1024
+
+
+def _seq_after(f: IO[bytes], offset: int) -> tuple[int, int] | None:
+    """(start, seq) of the first line starting after ``offset`` (the line at 0 if ``offset`` is 0)."""
+    f.seek(offset)
+    if offset:
+        f.readline()  # the rest of the line ``offset`` falls in
+    start = f.tell()
+    raw = f.readline()
+    if not raw.endswith(b"\n"):
+        return None
+    seq = _quick_seq(raw)
+    return (start, seq) if seq is not None else None
+
+
+def find_line(events_dir: Path, seq: int) -> LogLine | None:
+    """Return the line with ``seq``, or ``None`` when the log does not hold it (whole and valid).
+
+    Cheap in a plain segment however large: a binary search on byte offsets
+    (lines are in seq order), then a short scan. A compressed segment is read
+    from its start.
+
+    """
+    holder = None
+    for path in list_segments(events_dir):
+        first = first_seq_of(path)
+        if first is not None and first <= seq:
+            holder = path
+    if holder is None:
+        return None
+    low = 0
+    if holder.suffix == ".jsonl":
+        with holder.open("rb") as f:
+            high = f.seek(0, 2)
+            while high - low > _SEARCH_WINDOW:
+                middle = (low + high) // 2
+                found = _seq_after(f, middle)
+                if found is None or found[1] > seq:
+                    high = middle
+                else:
+                    low = found[0]
+    with open_segment(holder) as f:
+        if low:
+            f.seek(low)
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return None
+            quick = _quick_seq(raw)
+            if quick is not None and quick < seq:
+                continue
+            if quick is not None and quick > seq:
+                return None
+            try:
+                line = decode_line(raw)
+            except LineError:
+                continue
+            if line.seq == seq:
+                return line
+            if line.seq > seq:
+                return None
+    return None

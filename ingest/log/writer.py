@@ -40,6 +40,7 @@ from ingest.log.envelope import LineError, Origin, decode_line, encode_line, for
 from ingest.log.frames import Frame
 from ingest.log.lock import DataDirLock, fsync_dir
 from ingest.log.segments import RotationPolicy, first_seq_of, list_segments, segment_name
+from ingest.observe.histogram import FSYNC_BUCKETS, Histogram
 
 
 __all__ = [
@@ -164,12 +165,25 @@ def _first_line_time(segment: Path) -> float | None:
 
 @dataclass
 class WriterStats:
-    """Counters of one writer's life."""
+    """Counters of one writer's life.
+
+    ``fsync_seconds`` times the fsyncs of the active segment (each line's under
+    ``always``, the background ones, a rolled segment's); the metrics endpoint
+    reads it at scrape time.
+
+    """
 
     lines: int = 0
     bytes: int = 0
     rotations: int = 0
     fsyncs: int = 0
+    fsync_seconds: Histogram = field(default_factory=lambda: Histogram(FSYNC_BUCKETS))
+
+
+def _timed_fsync(fd: int, seconds: Histogram) -> None:
+    started = time.perf_counter()
+    os.fsync(fd)
+    seconds.observe(time.perf_counter() - started)
 
 
 @dataclass
@@ -290,6 +304,11 @@ class LogWriter:
     def active_segment(self) -> Path | None:
         return self._active.path if self._active else None
 
+    @property
+    def error(self) -> LogWriteError | None:
+        """The failure that made the writer unusable (a write, fsync or roll), or ``None``."""
+        return self._error
+
     def append(
         self, origin: Origin, frame: Frame, received_at: datetime | int | None = None, *, defer: bool = False
     ) -> int:
@@ -372,7 +391,7 @@ class LogWriter:
                 written = os.write(active.fd, view)
                 view = view[written:]
             if self.fsync is FsyncPolicy.ALWAYS:
-                os.fsync(active.fd)
+                _timed_fsync(active.fd, self.stats.fsync_seconds)
                 self.stats.fsyncs += 1
         except OSError as exc:
             raise self._fail(
@@ -394,7 +413,7 @@ class LogWriter:
         path = active.path.with_name(segment_name(self.next_seq))
         try:
             with active.lock:
-                os.fsync(active.fd)
+                _timed_fsync(active.fd, self.stats.fsync_seconds)
                 os.close(active.fd)
                 active.fd = -1
             _create_segment(path)
@@ -430,7 +449,7 @@ class LogWriter:
                 if active.fd >= 0 and active.dirty:
                     active.dirty = False
                     try:
-                        os.fsync(active.fd)
+                        _timed_fsync(active.fd, self.stats.fsync_seconds)
                     except OSError as exc:
                         self._fail(
                             LogWriteError(f"fsync of {active.path} failed: {exc.strerror or exc}; stopping")

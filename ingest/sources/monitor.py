@@ -43,7 +43,7 @@ from ingest.log.frames import inspect_frame
 from ingest.log.writer import LogWriter
 from ingest.sources.reconnect import Backoff, Decision, Ended, ReconnectPolicy, Verdict
 from ingest.sources.rest.api import LIVE, conversation_url, list_params, list_url, monitor_url, parse_page
-from ingest.sources.rest.client import RestClient, open_session
+from ingest.sources.rest.client import RestClient, RestStats, open_session
 from ingest.sources.rest.policy import RetryPolicy
 
 
@@ -128,6 +128,10 @@ class MonitorReport:
         audio_skipped: Audio frames dropped.
         failures: Attachments that failed or ended abnormally (attached again later).
         not_live: Conversations that had ended before we could attach.
+        open_sockets: Monitor sockets open now.
+        listed_at: :func:`time.monotonic` when the conversation list was last
+            walked to its end, if ever.
+        rest: The counters of the REST client listing the conversations.
 
     """
 
@@ -138,6 +142,9 @@ class MonitorReport:
     audio_skipped: int = 0
     failures: int = 0
     not_live: int = 0
+    open_sockets: int = 0
+    listed_at: float | None = None
+    rest: RestStats | None = None
 
 
 async def run_monitor(
@@ -146,6 +153,7 @@ async def run_monitor(
     stop: asyncio.Event,
     *,
     rest: RestClient | None = None,
+    report: MonitorReport | None = None,
 ) -> MonitorReport:
     """Monitor the agent's live conversations into the log until stopped (or ``max_conversations``).
 
@@ -155,6 +163,8 @@ async def run_monitor(
         stop: Set it to stop: open sockets are closed (1000) and the report returned.
         rest: A client to share with other sources (its bound covers them
             all); one is made from ``config`` if omitted.
+        report: Counters to update (a fresh :class:`MonitorReport` if
+            omitted), for a caller that reads them while it runs.
 
     Raises:
         AuthError: monitoring is not available to this key or agent (a refused
@@ -163,13 +173,14 @@ async def run_monitor(
         LogWriteError: the log could not be written; nothing is retried.
 
     """
+    report = report if report is not None else MonitorReport()
     if rest is not None:
-        return await _Monitor(writer, config, rest).run(stop)
+        return await _Monitor(writer, config, rest, report).run(stop)
     async with open_session(config.request_timeout) as session:
         client = RestClient(
             session, config.api_key, concurrency=config.concurrency, policy=config.retry, stop=stop
         )
-        return await _Monitor(writer, config, client).run(stop)
+        return await _Monitor(writer, config, client, report).run(stop)
 
 
 class _Retry:
@@ -181,11 +192,14 @@ class _Retry:
 
 
 class _Monitor:
-    def __init__(self, writer: LogWriter, config: MonitorConfig, rest: RestClient) -> None:
+    def __init__(
+        self, writer: LogWriter, config: MonitorConfig, rest: RestClient, report: MonitorReport
+    ) -> None:
         self.writer = writer
         self.config = config
         self.rest = rest
-        self.report = MonitorReport()
+        self.report = report
+        report.rest = rest.stats
         self.attached: dict[str, asyncio.Task[None]] = {}
         self.ended: dict[str, float] = {}  # conversation id -> monotonic time it ended
         self.retries: dict[str, _Retry] = {}
@@ -254,6 +268,7 @@ class _Monitor:
                 if summary.status in LIVE:
                     self._attach(summary.conversation_id)
             if page.last:
+                self.report.listed_at = time.monotonic()
                 return
             cursor = page.next_cursor
 
@@ -310,7 +325,11 @@ class _Monitor:
             return
         self.report.attachments += 1
         opened = time.monotonic()
-        frames, audio = await self._receive(websocket, conversation_id)
+        self.report.open_sockets += 1
+        try:
+            frames, audio = await self._receive(websocket, conversation_id)
+        finally:
+            self.report.open_sockets -= 1
         code = websocket.close_code if websocket.close_code is not None else 1006
         reason = websocket.close_reason or ""
         lived = time.monotonic() - opened

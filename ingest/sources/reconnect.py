@@ -35,7 +35,16 @@ from websockets.client import backoff
 from ingest.log.frames import ErrorEvent
 
 
-__all__ = ["Backoff", "Decision", "Ended", "ReconnectPolicy", "Verdict", "classify"]
+__all__ = [
+    "RECONNECT_CAUSES",
+    "Backoff",
+    "Decision",
+    "Ended",
+    "ReconnectPolicy",
+    "Verdict",
+    "cause_of",
+    "classify",
+]
 
 # error_type values of a 1008 close that mean the agent's configuration or our
 # flags must change; other 1008s (a frame the server disliked) are retried.
@@ -140,6 +149,38 @@ def classify(ended: Ended, policy: ReconnectPolicy, *, stage: str = "connection"
             Verdict.FAILURE, f"closed normally after only {ended.lived:.1f} s, before any user turn"
         )
     return Decision(Verdict.FAILURE, ended.failure or f"close {ended.close_code}")
+
+
+#: Every value :func:`cause_of` returns: a bounded set, fit for a metric's label.
+RECONNECT_CAUSES = (
+    "normal",
+    "short_conversation",
+    "network",
+    "http_429",
+    "http_5xx",
+    "http_other",
+    "close_1002",
+    "close_1006",
+    "close_1008",
+    "close_1011",
+    "close_other",
+)
+
+_CLOSE_CAUSES = {1002: "close_1002", 1006: "close_1006", 1008: "close_1008", 1011: "close_1011"}
+
+
+def cause_of(ended: Ended, decision: Decision) -> str:
+    """Name why a connection ended in one word of :data:`RECONNECT_CAUSES` (what the server sent is not a label)."""
+    if decision.verdict is Verdict.NORMAL:
+        return "normal"
+    status = ended.http_status
+    if status is not None:
+        return "http_429" if status == 429 else "http_5xx" if status >= 500 else "http_other"
+    if not ended.opened:
+        return "network"
+    if ended.close_code == 1000:
+        return "short_conversation"
+    return _CLOSE_CAUSES.get(ended.close_code or 1006, "close_other")
 
 
 def _env_float(name: str, default: float) -> float:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 from ingest.errors import LogWriteError
 from ingest.log.segments import RotationPolicy
@@ -24,7 +24,7 @@ from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy, LogWriter
 from ingest.sources.signals import stop_on_signals
 
 
-__all__ = ["LogSettings", "Sidecar", "Source", "run_source", "run_sources"]
+__all__ = ["LogSettings", "Observer", "Sidecar", "Source", "run_source", "run_sources"]
 
 log = logging.getLogger("capture.ingest")
 
@@ -39,6 +39,18 @@ Source: TypeAlias = Callable[[LogWriter, asyncio.Event], Awaitable[R]]
 #: stops it, called after the log is closed (so that it sees the whole log)
 #: and expected to return within seconds (the live projection).
 Sidecar: TypeAlias = Callable[[LogWriter], Callable[[], None]]
+
+
+class Observer(Protocol):
+    """Watches a run from the moment its log is open until its sources have stopped (the metrics endpoint)."""
+
+    async def start(self, writer: LogWriter, stop: asyncio.Event) -> None:
+        """Begin, on the run's loop, before any source starts; raise ``CaptureError`` to end the run."""
+        ...
+
+    async def close(self) -> None:
+        """End, once every source has stopped and before the log is closed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ async def run_sources(
     sidecars: Sequence[Sidecar] = (),
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    observer: Observer | None = None,
 ) -> list[object]:
     """Open the log, run ``sources`` on one writer until the first one ends, then close the log.
 
@@ -89,6 +102,8 @@ async def run_sources(
         handle_signals: Turn SIGTERM and SIGINT into setting ``stop`` for the
             whole run, opening and closing included; off for a caller that
             owns the signals.
+        observer: Started once the log is open, before the sidecars and
+            sources; closed after the sources stopped (``--metrics-port``).
 
     Returns:
         Each source's report, in the order of ``sources``.
@@ -104,9 +119,9 @@ async def run_sources(
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     if not handle_signals:
-        return await _run(sources, settings, sidecars, stop, loop)
+        return await _run(sources, settings, sidecars, stop, loop, observer)
     with stop_on_signals(loop, stop):
-        return await _run(sources, settings, sidecars, stop, loop)
+        return await _run(sources, settings, sidecars, stop, loop, observer)
 
 
 async def run_source(
@@ -116,6 +131,7 @@ async def run_source(
     sidecars: Sequence[Sidecar] = (),
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    observer: Observer | None = None,
 ) -> R:
     """Run one source as :func:`run_sources` does and return its report."""
     reports: list[R] = []
@@ -123,7 +139,14 @@ async def run_source(
     async def keep_report(writer: LogWriter, stop: asyncio.Event) -> None:
         reports.append(await source(writer, stop))
 
-    await run_sources([keep_report], settings, sidecars=sidecars, stop=stop, handle_signals=handle_signals)
+    await run_sources(
+        [keep_report],
+        settings,
+        sidecars=sidecars,
+        stop=stop,
+        handle_signals=handle_signals,
+        observer=observer,
+    )
     return reports[0]
 
 
@@ -133,6 +156,7 @@ async def _run(
     sidecars: Sequence[Sidecar],
     stop: asyncio.Event,
     loop: asyncio.AbstractEventLoop,
+    observer: Observer | None,
 ) -> list[object]:
     def on_error(error: LogWriteError) -> None:
         # From the fsync thread; the writer raises the error again on close.
@@ -155,13 +179,21 @@ async def _run(
             recovery.quarantined,
         )
     stoppers: list[Callable[[], None]] = []
+    observing: Observer | None = None
     try:
+        if observer is not None:
+            await observer.start(writer, stop)
+            observing = observer
         for start in sidecars:
             stoppers.append(start(writer))
         return await _until_first_ends(sources, writer, stop)
     finally:
         try:
-            writer.close()
+            try:
+                if observing is not None:
+                    await observing.close()
+            finally:
+                writer.close()
         finally:
             for stop_sidecar in reversed(stoppers):
                 stop_sidecar()

@@ -41,7 +41,8 @@ from ingest.errors import AuthError, ConfigError, LogWriteError
 from ingest.log.envelope import Origin
 from ingest.log.frames import ErrorEvent, Frame, conversation_id_of, error_of, inspect_frame, pong_for
 from ingest.log.writer import LogWriter
-from ingest.sources.reconnect import Backoff, Ended, ReconnectPolicy, Verdict, classify
+from ingest.observe.histogram import Histogram
+from ingest.sources.reconnect import Backoff, Ended, ReconnectPolicy, Verdict, cause_of, classify
 from ingest.sources.urls import initiation_frame, public_ws_url, signed_url_endpoint
 
 
@@ -89,7 +90,15 @@ class AgentConfig:
 
 @dataclass
 class IngestSummary:
-    """Counters over the life of one :meth:`AgentClient.run`."""
+    """Counters over the life of one :meth:`AgentClient.run`.
+
+    The metrics endpoint reads them while the client runs. ``connected`` is
+    whether a conversation's socket is open, since ``state_since``
+    (:func:`time.monotonic`); ``reconnects`` counts the ends of connections
+    that led to another, by :func:`~ingest.sources.reconnect.cause_of`;
+    ``pong_seconds`` times each pong, from its ping's arrival to its sending.
+
+    """
 
     conversations: int = 0
     connections: int = 0
@@ -97,6 +106,15 @@ class IngestSummary:
     audio_skipped: int = 0
     pongs_sent: int = 0
     user_messages_sent: int = 0
+    connected: bool = False
+    state_since: float = field(default_factory=time.monotonic)
+    reconnects: dict[str, int] = field(default_factory=dict)
+    pong_seconds: Histogram = field(default_factory=Histogram)
+
+    def set_connected(self, connected: bool) -> None:
+        """Record that the socket opened or closed."""
+        self.connected = connected
+        self.state_since = time.monotonic()
 
 
 async def run_agent(
@@ -107,13 +125,15 @@ async def run_agent(
     policy: ReconnectPolicy | None = None,
     user_lines: AsyncIterator[str] | None = None,
     max_conversations: int | None = None,
+    summary: IngestSummary | None = None,
 ) -> IngestSummary:
     """Hold conversations with the agent into ``writer``'s log until stopped or done.
 
     A source for :func:`ingest.sources.run.run_sources`: it returns after
     ``max_conversations``, at the end of ``user_lines``, or soon after
     ``stop`` is set (the connection closed with 1000). See :class:`AgentClient`
-    for the arguments.
+    for the arguments; ``summary`` is the counters to update (a fresh one if
+    omitted), for a caller that reads them while it runs.
 
     Raises:
         AuthError: the server refused the key, the agent or an override.
@@ -128,6 +148,7 @@ async def run_agent(
         user_lines=user_lines,
         max_conversations=max_conversations,
         stop=stop,
+        summary=summary,
     )
     return await client.run()
 
@@ -177,13 +198,14 @@ class AgentClient:
         user_lines: AsyncIterator[str] | None = None,
         max_conversations: int | None = None,
         stop: asyncio.Event | None = None,
+        summary: IngestSummary | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
         self.policy = policy or ReconnectPolicy.from_env()
         self.max_conversations = max_conversations
         self.stop = stop or asyncio.Event()
-        self.summary = IngestSummary()
+        self.summary = summary if summary is not None else IngestSummary()
         self._lines = user_lines
         self._pending_line: str | None = None
         self._input_done = user_lines is None
@@ -209,6 +231,8 @@ class AgentClient:
                     raise AuthError(decision.reason)
                 if ended.stopped or self.stop.is_set() or self._finished():
                     break
+                cause = cause_of(ended, decision)
+                self.summary.reconnects[cause] = self.summary.reconnects.get(cause, 0) + 1
                 delay = backoff.next_delay(decision, ended)
                 if decision.verdict is Verdict.FAILURE:
                     verb = "connection failed" if not ended.opened else "conversation failed"
@@ -264,7 +288,11 @@ class AgentClient:
         except ValueError as exc:  # orjson or a malformed URL from the server
             return Ended(opened=False, failure=f"bad answer from the server: {exc}")
         self.summary.connections += 1
-        return await self._converse(websocket)
+        self.summary.set_connected(True)
+        try:
+            return await self._converse(websocket)
+        finally:
+            self.summary.set_connected(False)
 
     async def _converse(self, websocket: ClientConnection) -> Ended:
         opened = time.monotonic()
@@ -411,6 +439,7 @@ class AgentClient:
                         try:
                             await websocket.send(pong)
                             summary.pongs_sent += 1
+                            summary.pong_seconds.observe((time.time_ns() - received_at) / 1e9)
                         except ConnectionClosed:
                             pass
                     continue

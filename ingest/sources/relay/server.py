@@ -102,6 +102,8 @@ class RelayReport:
         audio_in: ``audio`` frames forwarded, not logged.
         audio_out: ``user_audio_chunk`` frames forwarded, not logged.
         stalled: Connections closed because a side did not read.
+        open: Connections being relayed now.
+        listening: Whether the relay accepts connections.
 
     """
 
@@ -114,6 +116,8 @@ class RelayReport:
     audio_in: int = 0
     audio_out: int = 0
     stalled: int = 0
+    open: int = 0
+    listening: bool = False
 
     def __str__(self) -> str:
         refused = sum(self.refused.values())
@@ -222,11 +226,13 @@ class _Relay:
                     ", ".join(sorted(cfg.agent_ids)),
                     cfg.base_url,
                 )
+                self.report.listening = True
                 if on_ready is not None:
                     on_ready(self.port)
                 watchdog = asyncio.create_task(self._watch_stalls(), name="capture-relay-stalls")
                 await self.stop.wait()
             finally:
+                self.report.listening = False
                 if watchdog is not None:
                     watchdog.cancel()
                 await self._close_all()
@@ -361,10 +367,12 @@ class _Relay:
         conn = _Relayed(self, request, client, upstream, RelaySession(agent_id, uuid.uuid4().hex))
         self.connections.add(conn)
         self.report.connections += 1
+        self.report.open = len(self.connections)
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self.report.open = len(self.connections)
         return client
 
     async def _open_upstream(self, url: str, request: web.Request) -> ClientConnection | web.Response:

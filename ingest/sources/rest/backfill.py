@@ -47,7 +47,7 @@ from ingest.log.frames import Frame, inspect_frame
 from ingest.log.writer import LogWriter, events_dir
 from ingest.sources.rest.api import FINISHED, Page, conversation_url, list_params, list_url, parse_page
 from ingest.sources.rest.captured import Captured, holds_transcript, scan_captured
-from ingest.sources.rest.client import RestClient, RestResult, open_session
+from ingest.sources.rest.client import RestClient, RestResult, RestStats, open_session
 from ingest.sources.rest.policy import RetryPolicy
 
 
@@ -144,6 +144,10 @@ class BackfillReport:
         requests: Requests sent by the REST client.
         throttled: 429 answers received.
         stopped: The run was stopped before it finished.
+        passed_at: :func:`time.monotonic` when a listing was last walked
+            to its end, if ever.
+        rest: The REST client's counters, live (``requests`` and
+            ``throttled`` above are copied from them now and then).
 
     """
 
@@ -163,6 +167,8 @@ class BackfillReport:
     requests: int = 0
     throttled: int = 0
     stopped: bool = False
+    passed_at: float | None = None
+    rest: RestStats | None = None
 
 
 Progress = Callable[[BackfillReport], None]
@@ -175,6 +181,7 @@ async def run_backfill(
     progress: Progress | None = None,
     *,
     rest: RestClient | None = None,
+    report: BackfillReport | None = None,
 ) -> BackfillReport:
     """Back fill the log from the Conversations API until done (or, with ``follow``, stopped).
 
@@ -186,6 +193,8 @@ async def run_backfill(
         progress: Called with the report whenever it changes (on the loop).
         rest: A client to share with other sources (its concurrency bound then
             covers them all); one is made from ``config`` if omitted.
+        report: Counters to update (a fresh :class:`BackfillReport` if
+            omitted), for a caller that reads them while it runs.
 
     Raises:
         AuthError: the API refused the key (401) or its permissions (403).
@@ -193,24 +202,31 @@ async def run_backfill(
         LogWriteError: the log could not be written; nothing is retried.
 
     """
+    report = report if report is not None else BackfillReport()
     if rest is not None:
-        return await _Backfill(writer, config, rest, progress).run(stop)
+        return await _Backfill(writer, config, rest, progress, report).run(stop)
     async with open_session(config.request_timeout) as session:
         client = RestClient(
             session, config.api_key, concurrency=config.concurrency, policy=config.retry, stop=stop
         )
-        return await _Backfill(writer, config, client, progress).run(stop)
+        return await _Backfill(writer, config, client, progress, report).run(stop)
 
 
 class _Backfill:
     def __init__(
-        self, writer: LogWriter, config: BackfillConfig, rest: RestClient, progress: Progress | None
+        self,
+        writer: LogWriter,
+        config: BackfillConfig,
+        rest: RestClient,
+        progress: Progress | None,
+        report: BackfillReport,
     ) -> None:
         self.writer = writer
         self.config = config
         self.rest = rest
         self.progress = progress
-        self.report = BackfillReport()
+        self.report = report
+        report.rest = rest.stats
         self.captured = Captured()
         self.fetched: set[str] = set()  # logged by this run: never fetched twice
         self.pending: dict[str, str] = {}  # id -> _UNFINISHED | _ERROR
@@ -280,6 +296,8 @@ class _Backfill:
         workers = [self._worker(queue) for _ in range(self.config.concurrency)]
         await _all_or_nothing([produce(), *workers])
         self._tally()
+        if not report.list_incomplete:
+            report.passed_at = time.monotonic()
         log.info(
             "backfill pass %d: %d listed, %d logged so far, %d already in the log, %d unfinished, %d errors",
             report.passes,

@@ -223,6 +223,7 @@ class WebhookStats:
         aborted: Requests whose body did not arrive whole.
         failed: Deliveries answered 500 because the log failed.
         bytes_stored: Body bytes of the stored deliveries.
+        listening: Whether the receiver accepts connections.
 
     """
 
@@ -235,6 +236,7 @@ class WebhookStats:
     aborted: int = 0
     failed: int = 0
     bytes_stored: int = 0
+    listening: bool = False
 
     @property
     def rejected_total(self) -> int:
@@ -625,10 +627,12 @@ async def run_webhook_server(
             ) from exc
         port = int(runner.addresses[0][1])
         log.info("webhook receiver listening on http://%s:%d%s", config.host, port, config.path)
+        receiver.stats.listening = True
         if on_ready is not None:
             on_ready(port)
         await stop.wait()
     finally:
+        receiver.stats.listening = False
         await runner.cleanup()
     if receiver.failure is not None:
         raise receiver.failure
