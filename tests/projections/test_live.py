@@ -223,7 +223,10 @@ def test_the_follower_never_inherits_a_secret(tmp_path: Path, monkeypatch: pytes
     with LogWriter.open(data_dir, command="test"):
         projection = start_live_projection(data_dir)
         try:
-            child = psutil.Process(projection.pid).environ()
+            process = psutil.Process(projection.pid)
+            # /proc/<pid>/environ is the parent's until the child has exec'd.
+            wait_until(lambda: "projections.follow" in process.cmdline(), 10, "the follower to start")
+            child = process.environ()
         finally:
             projection.stop()
     assert child  # the follower's environment was read
