@@ -7,6 +7,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.options import DataDir, DbPath
@@ -46,5 +47,8 @@ def register(app: typer.Typer) -> None:
         table.add_row("quarantined tails", ", ".join(status.quarantined) or "none")
         table.add_row("ingest", f"running: {status.writer}" if status.writer else "not running")
         for key, value in projection.items():
-            table.add_row(f"projection {key}", str(value))
+            if key != "problems":
+                table.add_row(f"projection {key}", str(value))
+        for problem in [*status.problems, *projection["problems"]]:
+            table.add_row("[red]problem[/red]", escape(problem))
         console.print(table)

@@ -46,6 +46,7 @@ import duckdb
 import orjson
 
 from ingest.errors import ProjectionError, QueryError
+from ingest.log.segments import check_segments
 from ingest.log.writer import events_dir
 from projections.rule import (
     CAPTURE,
@@ -509,8 +510,10 @@ def open_analytics(
 
     Raises:
         ProjectionError: the file cannot be opened or the views created.
+        LogError: ``events/`` holds junk named like a segment (the views would fail on it).
 
     """
+    check_segments(events_dir(data_dir))
     duckdb_path = duckdb_path or default_duckdb_path(data_dir)
     base = duckdb_path.parent.resolve()
     segments, relative = _segments_path(data_dir, base)

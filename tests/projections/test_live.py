@@ -223,7 +223,10 @@ def test_the_follower_never_inherits_a_secret(tmp_path: Path, monkeypatch: pytes
     with LogWriter.open(data_dir, command="test"):
         projection = start_live_projection(data_dir)
         try:
-            child = psutil.Process(projection.pid).environ()
+            process = psutil.Process(projection.pid)
+            # Popen may return while the child is still in execve: /proc shows no argv nor environment yet.
+            wait_until(lambda: bool(process.cmdline()), 10, "the follower to be exec'd")
+            child = process.environ()
         finally:
             projection.stop()
     assert child  # the follower's environment was read
