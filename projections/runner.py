@@ -204,7 +204,7 @@ def run(
     progress: Progress | None = None,
     wait: Callable[[], bool] | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> None:
+) -> bool:
     """Fold and store the reader's lines batch by batch, from the store's position on.
 
     Args:
@@ -219,6 +219,9 @@ def run(
         cancelled: Called after each batch: ``True`` stops at once (what is
             stored is consistent; the next run goes on from there).
 
+    Returns:
+        ``False`` if it stopped because ``cancelled()``, else ``True``.
+
     Raises:
         ProjectionError: the store cannot be written (but for a busy store
             while ``wait`` is given: read again).
@@ -227,7 +230,7 @@ def run(
     """
     while True:
         if cancelled is not None and cancelled():
-            return
+            return False
         from_seq = store.last_seq
         # Folded in place: a refused batch is undone by reload().
         result = fold(store.state, reader.lines(batch_lines), store)
@@ -235,7 +238,7 @@ def run(
         if result.lines == 0 and not result.skipped and not invalid:
             if wait is not None and wait():
                 continue
-            return
+            return True
         anchor = reader.anchor(result.last_seq) if result.last_seq != from_seq else None
         try:
             inserted = store.apply(result, from_seq, invalid, anchor)
@@ -385,7 +388,7 @@ def follow(
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     batch_lines: int = 5_000,
     cancelled: Callable[[], bool] | None = None,
-) -> None:
+) -> bool:
     """Apply the log's new lines to the table until ``should_stop()``, then drain and return.
 
     Each poll reads only what was appended since the last one. When another
@@ -404,6 +407,10 @@ def follow(
         cancelled: Polled after every batch (and during a rebuild): ``True``
             ends the run at once, what is stored being consistent (a rebuild
             in progress is thrown away).
+
+    Returns:
+        ``True`` if it stopped with what the log held applied, ``False`` if
+        ``cancelled()`` stopped it first.
 
     Raises:
         ProjectionError: the database cannot be opened or written.
@@ -434,11 +441,11 @@ def follow(
             try:
                 rebuild_into(db_path, fill)
             except _Cancelled:
-                return
+                return False
             store.reload()
         reader = TailReader(events_dir(data_dir), store.last_seq)
         try:
-            run(
+            return run(
                 store,
                 reader,
                 ProjectReport(db_path),
