@@ -39,6 +39,7 @@ from projections.runner import DEFAULT_POLL_INTERVAL, follow
 __all__ = [
     "EXIT_BEHIND",
     "EXIT_GRACE",
+    "EXIT_WATCHDOG",
     "NICENESS_STEP",
     "ORPHAN_DRAIN",
     "StopSignal",

@@ -34,6 +34,10 @@ fails the check, a compressed one and a small one are read line by line in
 Python, by the same rule. Neither reader opens a segment for writing or takes
 a lock.
 
+Both note where each item they hand on ends (:class:`Marks`), so that a batch's
+position can be stored with the :class:`Anchor` of its last line: what
+:func:`anchor_problem` checks the log still holds before reading on.
+
 """
 
 from __future__ import annotations
@@ -192,9 +196,7 @@ def anchor_problem(events_dir: Path, last_seq: int, anchor: Anchor | None) -> st
         return None
     if anchor is None or anchor.seq != last_seq:
         return f"nothing identifies seq {last_seq}, the last line the table applied"
-    where = (
-        f"seq {last_seq}, the last line the table applied ({segment_name(anchor.segment)}, byte {anchor.end})"
-    )
+    where = f"seq {last_seq}, the last line the table applied ({segment_name(anchor.segment)}, byte {anchor.end:,})"
     path = find_segment(events_dir, anchor.segment)
     if path is None:
         return f"the log no longer holds {where}: its segment is gone"
@@ -491,8 +493,9 @@ def _fast_items(
     for n, stop, seq, candidate, line in rows:
         if stop > complete:
             break  # a torn end, or lines appended since the survey
+        raw = b"" if line is None else line.encode()
         if n > done + 1:  # rows that continued the seq of the row before: they end where this one starts
-            ended = runs.add(seq_after + 1, seq_after + n - done, stop - len((line or "").encode()) - 1)
+            ended = runs.add(seq_after + 1, seq_after + n - done, stop - len(raw) - 1)
             if ended is not None:
                 yield ended
         if seq is not None and not candidate:
@@ -502,7 +505,6 @@ def _fast_items(
         elif line is None:
             invalid.append((first, stop - 1))  # an empty line
         else:
-            raw = line.encode()
             yield from _candidate(runs, seq, raw, (first, stop - len(raw) - 1), invalid, stop, False)
         done, seq_after = n, seq if seq is not None else -1
     if not segment.active and segment.size > segment.complete:
@@ -652,6 +654,7 @@ class LogTail:
         """Restart so that the next lines read are those with seq above ``after_seq``."""
         self.close()
         self._after_seq = after_seq
+        self.marks = Marks()
         segments = list_segments(self.events_dir)
         if segments:
             self._open(segments[_start(segments, after_seq)])
