@@ -8,10 +8,15 @@ Three tables:
 3. a kill -9 loop: ``capture ingest`` (live projection on) against a flooding
    simulator, killed at a random moment N times; after each kill the log must be
    a gap-free prefix of what was received (lines lost that had been written: 0),
-   the next start recovers any torn tail, and at the end ``capture project``
-   must give each user turn exactly once (duplicates: 0).
+   the next start recovers any torn tail, its live follower must end within
+   seconds of its ingest, and at the end ``capture project`` must give each user
+   turn exactly once (duplicates: 0). After every other kill the end of the
+   active segment is cut (up to 2,000 lines: what a power cut under ``--fsync
+   interval`` loses), after ``capture project`` brought the table to the log's
+   end; the next ingest gives those seqs again, its follower must notice and
+   rebuild, and the table must still equal a fresh ``capture rebuild``.
 
-Usage: ``python bench/durability_bench.py [--kills 5] [--seed 1]``
+Usage: ``python bench/durability_bench.py [--kills 5] [--seed 1] [--no-power-cuts]``
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import psutil
 
 from ingest.log.envelope import Origin
 from ingest.log.frames import inspect_frame
@@ -109,11 +116,31 @@ def recovery_times() -> None:
             print(f"{mib:>19} {lines:>10,} {took:>8.3f} {mib / took:>8.0f} {str(moved):>17}")
 
 
-def kill_loop(kills: int, seed: int) -> None:
-    print(f"\n3. kill -9 loop: {kills} kills at random moments during a flood (live projection on)\n")
+def _lose_the_end(data_dir: Path, rng: random.Random) -> int:
+    """Cut the active segment's last lines, as a power cut under ``--fsync interval`` can; return how many."""
+    active = sorted(events_dir(data_dir).glob("*.jsonl"))[-1]
+    lines = active.read_bytes().splitlines(keepends=True)
+    cut = min(len(lines), rng.randint(1, 2_000))
+    active.write_bytes(b"".join(lines[: len(lines) - cut]))
+    return cut
+
+
+def _table(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT dedup_key, text, seq FROM user_texts ORDER BY id").fetchall()
+    conn.close()
+    return rows
+
+
+def kill_loop(kills: int, seed: int, power_cuts: bool) -> None:
+    cuts_note = ", every other kill a lost end of the log (a power cut)" if power_cuts else ""
+    print(
+        f"\n3. kill -9 loop: {kills} kills at random moments during a flood (live projection on{cuts_note})\n"
+    )
     rng = random.Random(seed)
     flood = Scenario(name="flood", flood=2_000_000, first_message=None, user_turns=[], extra_events=False)
-    lost = torn = 0
+    lost = torn = rebuilt = cut_lines = cuts = 0
+    outlived: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, SimulatorThread(default=flood, ping_interval=None) as sim:
         data_dir = Path(tmp) / "data"
         argv = [
@@ -128,12 +155,21 @@ def kill_loop(kills: int, seed: int) -> None:
             "--data-dir",
             str(data_dir),
         ]
-        for _ in range(kills):
+        for n in range(kills):
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(rng.uniform(0.5, 2.5))
+            followers = psutil.Process(proc.pid).children()
             proc.send_signal(signal.SIGKILL)
-            _, err = proc.communicate()
+            killed = time.monotonic()
+            _, err = proc.communicate()  # its stderr ends when the follower, which shares it, ends too
+            outlived.append(time.monotonic() - killed)
+            for follower in followers:
+                try:
+                    follower.wait(30)
+                except psutil.TimeoutExpired:
+                    outlived[-1] = float("inf")
             torn += err.count(b"torn tail")
+            rebuilt += err.count(b"rebuilding the table from the log")
             per_connection: dict[str, list[int]] = defaultdict(list)
             seqs = []
             for line in iter_log(events_dir(data_dir)):
@@ -145,16 +181,30 @@ def kill_loop(kills: int, seed: int) -> None:
             if seqs != list(range(1, len(seqs) + 1)):
                 lost += 1
             lost += sum(1 for ids in per_connection.values() if ids != list(range(1, len(ids) + 1)))
+            if power_cuts and n % 2 == 0 and n + 1 < kills:
+                # The table first catches up (the follower lags under a flood), so that
+                # the lines cut were in it: the next ingest's follower must notice.
+                caught_up = subprocess.run(
+                    [*argv[:3], "project", "--data-dir", str(data_dir)], cwd=ROOT, capture_output=True
+                )
+                assert caught_up.returncode == 0, caught_up.stderr
+                cut_lines += _lose_the_end(data_dir, rng)
+                cuts += 1
         final = subprocess.run(
             [*argv[:3], "project", "--data-dir", str(data_dir)], cwd=ROOT, capture_output=True
         )
         assert final.returncode == 0, final.stderr
+        rebuilt += final.stderr.count(b"rebuilding the table from the log")
+        fresh = subprocess.run(
+            [*argv[:3], "rebuild", "--data-dir", str(data_dir), "--db", str(Path(tmp) / "fresh.db")],
+            cwd=ROOT,
+            capture_output=True,
+        )
+        assert fresh.returncode == 0, fresh.stderr
         turns = sum(1 for line in iter_log(events_dir(data_dir)) if line.type == "user_transcript")
-        with sqlite3.connect(data_dir / "whatsapp_storage.db") as db:
-            rows, distinct = db.execute(
-                "SELECT count(*), count(DISTINCT dedup_key) FROM user_texts"
-            ).fetchone()
-        db.close()
+        table = _table(data_dir / "whatsapp_storage.db")
+        differs = table != _table(Path(tmp) / "fresh.db")
+        rows, distinct = len(table), len({row[0] for row in table})
     print(
         f"{'kills':>6} {'log lines':>10} {'gaps or lost lines':>19} {'torn tails recovered':>21} "
         f"{'user turns':>11} {'rows':>8} {'duplicates':>11}"
@@ -162,6 +212,11 @@ def kill_loop(kills: int, seed: int) -> None:
     print(
         f"{kills:>6} {len(seqs):>10,} {lost:>19} {torn:>21} {turns:>11,} {rows:>8,} {rows - distinct + abs(turns - rows):>11}"
     )
+    print(
+        f"\n{'lost ends':>10} {'lines cut':>10} {'tables rebuilt':>15} {'table = fresh rebuild':>22} "
+        f"{'follower outlived its ingest, max s':>36}"
+    )
+    print(f"{cuts:>10} {cut_lines:>10,} {rebuilt:>15} {str(not differs):>22} {max(outlived):>36.2f}")
 
 
 def main() -> None:
@@ -170,11 +225,14 @@ def main() -> None:
     )
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-power-cuts", action="store_true", help="do not cut the log's end after every other kill"
+    )
     args = parser.parse_args()
     policy_costs()
     recovery_times()
     if sys.platform != "win32":
-        kill_loop(args.kills, args.seed)
+        kill_loop(args.kills, args.seed, not args.no_power_cuts)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.options import DataDir, DbPath, require_log
@@ -60,7 +61,10 @@ def register(app: typer.Typer) -> None:
         table.add_row("quarantined tails", human(status.quarantined))
         table.add_row("ingest", f"running: {status.writer}" if status.writer else "not running")
         for key, value in projection.items():
-            table.add_row(f"projection {key.replace('_', ' ')}", human(value))
+            if key != "problems":
+                table.add_row(f"projection {key.replace('_', ' ')}", human(value))
+        for problem in [*status.problems, *projection.get("problems", [])]:
+            table.add_row("[red]problem[/red]", escape(problem))
         if live is not None:
             table.add_row("live", live.url + (f" (cannot be read: {live.error})" if live.error else ""))
             for check in live.checks:

@@ -25,6 +25,12 @@ def _print_report(report: ProjectReport, title: str) -> None:
     for reason, count in sorted(report.skipped.items()):
         table.add_row(f"skipped: {reason}", f"{count:,}")
     table.add_row("position (last seq)", f"{report.last_seq:,}")
+    if report.rebuilt:
+        table.add_row("rebuilt", f"{report.rebuilt}: the table was rebuilt from the log")
+    if report.invalid:
+        shown = ", ".join(str(line) for line in report.damaged[:5])
+        more = f" (+{len(report.invalid) - 5} more)" if len(report.invalid) > 5 else ""
+        table.add_row("damaged lines (skipped)", f"{len(report.invalid)}: {shown}{more}")
     if report.gaps:
         shown = ", ".join(str(gap) for gap in report.gaps[:5])
         more = f" (+{len(report.gaps) - 5} more)" if len(report.gaps) > 5 else ""

@@ -53,6 +53,7 @@ import duckdb
 import orjson
 
 from ingest.errors import ProjectionError, QueryCancelledError, QueryError, QueryRefusedError
+from ingest.log.segments import check_segments
 from ingest.log.writer import events_dir
 from projections.rule import (
     CAPTURE,
@@ -528,8 +529,10 @@ def open_analytics(
         ProjectionError: the file cannot be opened or the views created.
         KeyboardInterrupt: Ctrl-C while it ran (DuckDB's own name for it is
             a ``RuntimeError``).
+        LogError: ``events/`` holds junk named like a segment (the views would fail on it).
 
     """
+    check_segments(events_dir(data_dir))
     duckdb_path = duckdb_path or default_duckdb_path(data_dir)
     base = duckdb_path.parent.resolve()
     segments, relative = _segments_path(data_dir, base)

@@ -1,11 +1,24 @@
-"""The live projector's process: :func:`projections.runner.follow` until its stdin closes.
+"""The live projector's process: :func:`projections.runner.follow` until its parent says stop, or is gone.
 
 Started by :func:`projections.live.start_live_projection` as
 ``python -m projections.follow --data-dir D --db F [--niceness N]``. It runs at
 a lower CPU priority than ``capture ingest`` and shares nothing with it but the files: it
 reads the segments (no lock taken) and writes the database under SQLite's own
-locking. It stops when its stdin closes (the parent asked, or died), after
-applying everything the log holds by then.
+locking.
+
+Its stdin is a pipe from the parent, which it reads until its end:
+
+* ``stop T`` (then the end): the parent's log is closed; apply what it holds,
+  for at most ``T`` seconds, then exit (status 0, or :data:`EXIT_BEHIND` if
+  lines were left for the next ``capture project``);
+* the end without ``stop``: the parent is gone (killed, even with SIGKILL: the
+  OS closes its end of the pipe). Go on for at most :data:`ORPHAN_DRAIN`
+  seconds, as after ``stop``, then stop after the batch in hand.
+
+Either way a watchdog ends the process :data:`EXIT_GRACE` seconds after that
+deadline, whatever it is doing (a batch waiting on SQLite's busy timeout, a
+rebuild): no follower outlives its parent by more than ``ORPHAN_DRAIN +
+EXIT_GRACE`` seconds. Ending there is safe: a batch is one transaction.
 
 """
 
@@ -16,34 +29,87 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 from ingest.errors import CaptureError
 from projections.runner import DEFAULT_POLL_INTERVAL, follow
 
 
-__all__ = ["NICENESS_STEP", "follower_niceness", "main"]
+__all__ = [
+    "EXIT_BEHIND",
+    "EXIT_GRACE",
+    "EXIT_WATCHDOG",
+    "NICENESS_STEP",
+    "ORPHAN_DRAIN",
+    "StopSignal",
+    "follower_niceness",
+    "main",
+    "stop_message",
+]
 
 #: How much nicer than ``capture ingest`` the follower runs on POSIX (19 is the floor):
 #: as nice as can be, so that under a burst it gets only the CPU time the
 #: receive path leaves; when the CPU is idle, niceness costs it nothing.
 NICENESS_STEP = 19
 
+#: Seconds an orphaned follower goes on applying before it stops.
+ORPHAN_DRAIN = 1.0
+#: Seconds after its deadline before the watchdog ends the process.
+EXIT_GRACE = 2.0
+#: Exit status when stopped at the deadline with lines left to apply.
+EXIT_BEHIND = 3
+#: Exit status when the watchdog ended it.
+EXIT_WATCHDOG = 4
 
-def _stdin_closed() -> Callable[[], bool]:
-    closed = threading.Event()
 
-    def wait() -> None:
+def stop_message(timeout: float) -> bytes:
+    """What the parent writes on the follower's stdin to stop it, applying what the log holds within ``timeout`` s."""
+    return f"stop {timeout:g}\n".encode()
+
+
+class StopSignal:
+    """Reads the follower's stdin in a thread: when to drain, when to give up, when to end at any cost."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self.deadline: float | None = None  # time.monotonic() by which to stop
+        self.orphaned = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="capture-follow-stdin", daemon=True).start()
+
+    def _read(self) -> None:
         try:
-            while sys.stdin.buffer.read(4096):
-                pass
+            for line in sys.stdin.buffer:
+                words = line.split()
+                if len(words) == 2 and words[0] == b"stop" and self.deadline is None:
+                    try:
+                        self._stop_by(float(words[1]))
+                    except ValueError:
+                        self._stop_by(0.0)
         except (OSError, ValueError):
             pass
-        closed.set()
+        if self.deadline is None:
+            self.orphaned = True
+            self._stop_by(ORPHAN_DRAIN)
+        assert self.deadline is not None
+        # The watchdog: ends the process even if it is stuck (a busy database).
+        time.sleep(max(0.0, self.deadline - time.monotonic()) + EXIT_GRACE)
+        print("capture live projection: ended by its watchdog", file=sys.stderr, flush=True)
+        os._exit(EXIT_WATCHDOG)
 
-    threading.Thread(target=wait, name="capture-follow-stdin", daemon=True).start()
-    return closed.is_set
+    def _stop_by(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + max(0.0, seconds)
+        self._requested.set()
+
+    def requested(self) -> bool:
+        """Whether to stop once what the log holds is applied."""
+        return self._requested.is_set()
+
+    def cancelled(self) -> bool:
+        """Whether the deadline passed: stop after the batch in hand."""
+        return self.deadline is not None and time.monotonic() > self.deadline
 
 
 def follower_niceness(current: int) -> int:
@@ -78,12 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     # us through stdin once its log is closed, so everything gets applied.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _lower_priority(args.niceness)
+    stop = StopSignal()
+    stop.start()
     try:
-        follow(args.data_dir, args.db, _stdin_closed(), poll_interval=args.poll_interval)
+        done = follow(
+            args.data_dir,
+            args.db,
+            stop.requested,
+            poll_interval=args.poll_interval,
+            cancelled=stop.cancelled,
+        )
     except CaptureError as exc:
         print(f"capture live projection stopped: {exc}", file=sys.stderr)
         return 1
-    return 0
+    if stop.orphaned:
+        print(
+            "capture live projection: its capture process is gone; stopping"
+            + ("" if done else " (the next `capture project` or ingest applies the rest)"),
+            file=sys.stderr,
+        )
+    return 0 if done else EXIT_BEHIND
 
 
 if __name__ == "__main__":

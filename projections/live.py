@@ -6,7 +6,9 @@ The work happens in another process (:mod:`projections.follow`), never on the
 receive path: parsing and SQLite writes there cannot delay a frame or a pong,
 and on a 2-core machine a thread would contend for the ingest's GIL. Under a
 burst the follower (at a lower priority) falls behind and catches up; its lag
-is in :func:`projection_status`.
+is in :func:`projection_status`. It never outlives the ingest by more than a
+few seconds, however the ingest ends (``kill -9`` included: see
+:mod:`projections.follow`).
 
 The follower takes no lock on the data dir (``capture.lock`` belongs to the
 writer); it reads segments and writes the database under SQLite's locking.
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from ingest.log.writer import LogWriter
 from ingest.secrets import without_secrets
-from projections.follow import NICENESS_STEP, follower_niceness
+from projections.follow import EXIT_BEHIND, EXIT_GRACE, NICENESS_STEP, follower_niceness, stop_message
 from projections.runner import DEFAULT_POLL_INTERVAL
 from projections.sqlite import UserTextStore, default_db_path, projection_status
 
@@ -77,30 +79,30 @@ class LiveProjection:
 
         Close the log writer first, so that "what the log holds" is final.
         A follower still busy after ``timeout`` seconds (far behind after a
-        burst) is ended; the next ``capture ingest`` or ``capture project``
-        applies the rest.
+        burst) stops after the batch in hand (exit status
+        :data:`~projections.follow.EXIT_BEHIND`); the next ``capture ingest``
+        or ``capture project`` applies the rest.
         """
         process = self.process
         if process.stdin is not None and not process.stdin.closed:
             try:
+                process.stdin.write(stop_message(timeout))
                 process.stdin.close()
             except OSError:
-                pass
+                pass  # it is gone already
         try:
-            code = process.wait(timeout)
+            # It bounds itself: its watchdog ends it EXIT_GRACE after the deadline.
+            code = process.wait(timeout + EXIT_GRACE + 1.0)
         except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if code == EXIT_BEHIND:
             log.warning(
                 "the live projection did not catch up within %.0f s; "
                 "`capture project` (or the next ingest) applies the rest",
                 timeout,
             )
-            process.terminate()
-            try:
-                code = process.wait(2.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-        if code != 0:
+        elif code != 0:
             log.warning("the live projection exited with status %s", code)
         return code
 

@@ -34,6 +34,10 @@ fails the check, a compressed one and a small one are read line by line in
 Python, by the same rule. Neither reader opens a segment for writing or takes
 a lock.
 
+Both note where each item they hand on ends (:class:`Marks`), so that a batch's
+position can be stored with the :class:`Anchor` of its last line: what
+:func:`anchor_problem` checks the log still holds before reading on.
+
 """
 
 from __future__ import annotations
@@ -41,18 +45,19 @@ from __future__ import annotations
 import io
 import os
 import re
+import zlib
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ingest.errors import LogError
 from ingest.log.envelope import LineError, LogLine, decode_line
-from ingest.log.reader import last_seq_of, open_segment
-from ingest.log.segments import first_seq_of, list_segments
+from ingest.log.reader import SegmentFile, last_seq_of, open_segment, read_line_ending_at
+from ingest.log.segments import find_segment, first_seq_of, list_segments, segment_name
 from ingest.log.writer import events_dir
 from projections.rule import BODY_SOURCES, LIVE_RULE_TYPES, reads
 
@@ -63,11 +68,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DUCKDB_MIN_BYTES",
+    "Anchor",
     "LineItem",
     "LogTail",
+    "Marks",
     "Position",
     "ScanStats",
     "TailRead",
+    "anchor_problem",
     "is_candidate",
     "line_items",
     "log_last_seq",
@@ -150,6 +158,147 @@ WHERE NOT coalesce((NOT candidate OR seq <= $after_seq) AND seq = prev_seq + 1 A
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """What identifies one line of the log: its seq, where it ends, and its bytes' CRC-32.
+
+    A projection stores the anchor of the last line it applied with its
+    position (:func:`anchor_problem` checks that the log still holds it).
+
+    Attributes:
+        seq: The line's seq.
+        segment: The first seq of its segment (compressing the segment keeps it).
+        end: The byte offset just past its newline, in the segment's
+            uncompressed bytes.
+        crc: ``zlib.crc32`` of its bytes, newline included.
+
+    """
+
+    seq: int
+    segment: int
+    end: int
+    crc: int
+
+
+def anchor_problem(events_dir: Path, last_seq: int, anchor: Anchor | None) -> str | None:
+    """Say why the log no longer holds the line a projection's position names, or ``None`` if it does.
+
+    Args:
+        events_dir: The log.
+        last_seq: The position (0: nothing applied, nothing to check).
+        anchor: The position's anchor, as stored with it.
+
+    Raises:
+        LogError: the segment holding it cannot be read.
+
+    """
+    if last_seq == 0:
+        return None
+    if anchor is None or anchor.seq != last_seq:
+        return f"nothing identifies seq {last_seq}, the last line the table applied"
+    where = f"seq {last_seq}, the last line the table applied ({segment_name(anchor.segment)}, byte {anchor.end:,})"
+    path = find_segment(events_dir, anchor.segment)
+    if path is None:
+        return f"the log no longer holds {where}: its segment is gone"
+    raw = read_line_ending_at(path, anchor.end)
+    if raw is None:
+        return (
+            f"the log no longer holds {where}: no line ends there now (the segment was cut, or written again)"
+        )
+    if zlib.crc32(raw) != anchor.crc:
+        return f"the log no longer holds {where}: another line is there now"
+    return None
+
+
+# seq, file, segment's first seq, end offset, the line's bytes if at hand
+_Mark = tuple[int, Path, int, int, bytes | None]
+
+
+class Marks:
+    """Where the last items a reader handed on end, so that the position after a batch can be anchored.
+
+    A reader notes each item as it hands it on (:meth:`note`); after the fold
+    took a batch, :meth:`anchor` names the line the batch ended with. At most
+    two items are handed on at once, so the last two are kept.
+    """
+
+    __slots__ = ("_last", "_before")
+
+    def __init__(self) -> None:
+        self._last: _Mark | None = None
+        self._before: _Mark | None = None
+
+    def note(self, seq: int, path: Path, segment: int, end: int, raw: bytes | None) -> None:
+        """Note an item whose last line has ``seq`` and ends at ``end`` of ``path`` (its bytes, if at hand)."""
+        self._before, self._last = self._last, (seq, path, segment, end, raw)
+
+    def anchor(self, seq: int) -> Anchor | None:
+        """The anchor of the line with ``seq``, if it ends one of the last two items; ``None`` if not, or gone."""
+        for mark in (self._last, self._before):
+            if mark is not None and mark[0] == seq:
+                _, path, segment, end, raw = mark
+                if raw is None:
+                    try:
+                        raw = read_line_ending_at(path, end)
+                    except LogError:
+                        return None
+                    if raw is None:
+                        return None
+                return Anchor(seq, segment, end, zlib.crc32(raw))
+        return None
+
+
+class _Runs:
+    """Consecutive seqs of lines the rule does not read, merged into one ``range`` until a break.
+
+    Each run handed on is noted in ``marks``, with where its last line ends.
+    """
+
+    __slots__ = ("after_seq", "marks", "path", "segment", "_start", "_stop", "_end", "_raw")
+
+    def __init__(
+        self, after_seq: int, marks: Marks | None = None, path: Path | None = None, segment: int = 0
+    ) -> None:
+        self.after_seq = after_seq
+        self.marks = marks
+        self.path = path or Path()
+        self.segment = segment
+        self._start = self._stop = self._end = 0
+        self._raw: bytes | None = None
+
+    def add(self, start: int, stop: int, end: int, raw: bytes | None = None) -> range | None:
+        """Add the lines with seqs ``start`` to ``stop - 1``, the last ending at byte ``end`` (its bytes ``raw``).
+
+        Returns:
+            The run they do not continue, if any.
+
+        """
+        start = max(start, self.after_seq + 1)
+        if start >= stop:
+            return None
+        done = None
+        if start != self._stop:
+            done = self.flush()
+            self._start = start
+        self._stop = stop
+        self._end = end
+        self._raw = raw
+        return done
+
+    def line(self, line: LogLine, end: int, raw: bytes | None) -> None:
+        """Note a decoded line handed on (after the run :meth:`flush` returned, if any)."""
+        if self.marks is not None:
+            self.marks.note(line.seq, self.path, self.segment, end, raw)
+
+    def flush(self) -> range | None:
+        """Return the pending run, if any, and start afresh."""
+        done = range(self._start, self._stop) if self._stop > self._start else None
+        if done is not None and self.marks is not None:
+            self.marks.note(self._stop - 1, self.path, self.segment, self._end, self._raw)
+        self._start = self._stop = 0
+        return done
+
+
 @dataclass
 class ScanStats:
     """What a :func:`scan` saw besides lines.
@@ -159,39 +308,13 @@ class ScanStats:
             and of a closed segment's torn end.
         partial_tail: The log ended inside a line (a write in progress, or a
             torn tail the next ``capture ingest`` moves aside).
+        marks: Where the last items handed on end (:meth:`Marks.anchor`).
 
     """
 
     invalid: list[Position] = field(default_factory=list)
     partial_tail: bool = False
-
-
-class _Runs:
-    """Consecutive seqs of lines the rule does not read, merged into one ``range`` until a break."""
-
-    __slots__ = ("after_seq", "_start", "_stop")
-
-    def __init__(self, after_seq: int) -> None:
-        self.after_seq = after_seq
-        self._start = self._stop = 0
-
-    def add(self, start: int, stop: int) -> range | None:
-        """Add the lines with seqs ``start`` to ``stop - 1``; return the run they do not continue, if any."""
-        start = max(start, self.after_seq + 1)
-        if start >= stop:
-            return None
-        done = None
-        if start != self._stop:
-            done = self.flush()
-            self._start = start
-        self._stop = stop
-        return done
-
-    def flush(self) -> range | None:
-        """Return the pending run, if any, and start afresh."""
-        done = range(self._start, self._stop) if self._stop > self._start else None
-        self._start = self._stop = 0
-        return done
+    marks: Marks = field(default_factory=Marks)
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -220,20 +343,24 @@ def _decoded(seq: int | None, raw: bytes) -> LogLine | int | None:
 
 
 def _candidate(
-    runs: _Runs, seq: int | None, raw: bytes, where: Position, invalid: list[Position]
+    runs: _Runs, seq: int | None, raw: bytes, where: Position, invalid: list[Position], end: int, whole: bool
 ) -> tuple[LineItem, ...]:
-    """The items a line that may be a candidate gives (``seq`` as it starts, if it does): decoded and checked."""
+    """The items a line that may be a candidate gives (``seq`` as it starts, if it does): decoded and checked.
+
+    ``end`` is where the line ends, newline included; ``whole``: ``raw`` holds the newline too.
+    """
     if seq is not None and seq <= runs.after_seq:
         return ()  # read before: not decoded again
     found = _decoded(seq, raw)
     if found is None:
         invalid.append(where)
     elif isinstance(found, int):
-        done = runs.add(found, found + 1)
+        done = runs.add(found, found + 1, end, raw if whole else None)
         if done is not None:
             return (done,)
     elif found.seq > runs.after_seq:
         done = runs.flush()
+        runs.line(found, end, raw if whole else None)
         return (found,) if done is None else (done, found)
     return ()
 
@@ -245,17 +372,24 @@ def _python_lines(
     for raw in raws:
         head = _PREFIX.match(raw)
         seq = int(head[1]) if head is not None else None
+        end = offset + len(raw)
         if seq is not None and not is_candidate(raw):
-            done = runs.add(seq, seq + 1)
+            done = runs.add(seq, seq + 1, end, raw)
             if done is not None:
                 yield done
         else:
-            yield from _candidate(runs, seq, raw, (segment, offset), invalid)
-        offset += len(raw)
+            yield from _candidate(runs, seq, raw, (segment, offset), invalid, end, True)
+        offset = end
 
 
 def line_items(
-    raws: Iterable[bytes], after_seq: int = 0, *, segment: int = 1, offset: int = 0
+    raws: Iterable[bytes],
+    after_seq: int = 0,
+    *,
+    segment: int = 1,
+    offset: int = 0,
+    marks: Marks | None = None,
+    path: Path | None = None,
 ) -> tuple[list[LineItem], list[Position]]:
     """Sort complete lines of one segment into items, decoding the lines the rule may read.
 
@@ -264,12 +398,14 @@ def line_items(
         after_seq: Lines with a seq at or below it are left out.
         segment: The first seq of their segment (how positions name it).
         offset: The byte offset of the first line in the segment.
+        marks: Where to note the items' ends (see :class:`Marks`).
+        path: The segment's file, for ``marks``.
 
     Returns:
         The items, and the positions of the lines that are not valid log lines.
 
     """
-    runs = _Runs(after_seq)
+    runs = _Runs(after_seq, marks, path, segment)
     invalid: list[Position] = []
     items = list(_python_lines(raws, runs, segment, offset, invalid))
     done = runs.flush()
@@ -348,28 +484,28 @@ def _query(
 
 
 def _fast_items(
-    segment: _Segment, rows: list[tuple[Any, ...]], after_seq: int, invalid: list[Position]
+    segment: _Segment, rows: list[tuple[Any, ...]], after_seq: int, stats: ScanStats
 ) -> Iterator[LineItem]:
     """The items of ``segment`` from DuckDB's reading of it (:func:`_query`), decoded as the caller folds."""
-    runs = _Runs(after_seq)
-    first, complete = segment.first_seq, segment.complete
+    first, complete, invalid = segment.first_seq, segment.complete, stats.invalid
+    runs = _Runs(after_seq, stats.marks, segment.path, first)
     done = seq_after = 0  # rows accounted for; the seq of the last one
     for n, stop, seq, candidate, line in rows:
         if stop > complete:
             break  # a torn end, or lines appended since the survey
-        if n > done + 1:  # rows that continued the seq of the row before
-            ended = runs.add(seq_after + 1, seq_after + n - done)
+        raw = b"" if line is None else line.encode()
+        if n > done + 1:  # rows that continued the seq of the row before: they end where this one starts
+            ended = runs.add(seq_after + 1, seq_after + n - done, stop - len(raw) - 1)
             if ended is not None:
                 yield ended
         if seq is not None and not candidate:
-            ended = runs.add(seq, seq + 1)
+            ended = runs.add(seq, seq + 1, stop)
             if ended is not None:
                 yield ended
         elif line is None:
             invalid.append((first, stop - 1))  # an empty line
         else:
-            raw = line.encode()
-            yield from _candidate(runs, seq, raw, (first, stop - len(raw) - 1), invalid)
+            yield from _candidate(runs, seq, raw, (first, stop - len(raw) - 1), invalid, stop, False)
         done, seq_after = n, seq if seq is not None else -1
     if not segment.active and segment.size > segment.complete:
         invalid.append((first, segment.complete))
@@ -383,7 +519,7 @@ def _python_items(
 ) -> Iterator[LineItem]:
     """The items of the segment at ``path``, read line by line."""
 
-    def complete(f: IO[bytes]) -> Iterator[bytes]:
+    def complete(f: SegmentFile) -> Iterator[bytes]:
         offset = 0
         for raw in f:
             if not raw.endswith(b"\n"):
@@ -395,7 +531,7 @@ def _python_items(
             offset += len(raw)
             yield raw
 
-    runs = _Runs(after_seq)
+    runs = _Runs(after_seq, stats.marks, path, first)
     with open_segment(path) as f:
         yield from _python_lines(complete(f), runs, first, 0, stats.invalid)
     ended = runs.flush()
@@ -469,7 +605,7 @@ def scan(
             active = index == len(segments) - 1
             if read_ahead is not None and read_ahead[1] is not None:
                 segment, rows = read_ahead
-                yield from _fast_items(segment, rows, after_seq, stats.invalid)
+                yield from _fast_items(segment, rows, after_seq, stats)
                 stats.partial_tail = stats.partial_tail or (active and segment.size > segment.complete)
             else:
                 yield from _python_items(path, first_seq_of(path) or 0, active, after_seq, stats)
@@ -505,8 +641,10 @@ class LogTail:
 
     def __init__(self, events_dir: Path, after_seq: int = 0) -> None:
         self.events_dir = events_dir
-        self._file: IO[bytes] | None = None
+        self._file: SegmentFile | None = None
+        self._path = Path()
         self._segment_seq = 0
+        self.marks = Marks()
         self._pending = b""
         self._pending_offset = 0  # where _pending starts in the segment
         self._after_seq = after_seq
@@ -516,12 +654,14 @@ class LogTail:
         """Restart so that the next lines read are those with seq above ``after_seq``."""
         self.close()
         self._after_seq = after_seq
+        self.marks = Marks()
         segments = list_segments(self.events_dir)
         if segments:
             self._open(segments[_start(segments, after_seq)])
 
     def _open(self, path: Path) -> None:
         self._file = open_segment(path)
+        self._path = path
         self._segment_seq = first_seq_of(path) or 0
         self._pending = b""
         self._pending_offset = 0
@@ -541,7 +681,12 @@ class LogTail:
         raws = io.BytesIO(self._pending[:cut]).readlines()[:budget]
         used = sum(map(len, raws))
         items, invalid = line_items(
-            raws, self._after_seq, segment=self._segment_seq, offset=self._pending_offset
+            raws,
+            self._after_seq,
+            segment=self._segment_seq,
+            offset=self._pending_offset,
+            marks=self.marks,
+            path=self._path,
         )
         out.items.extend(items)
         out.invalid.extend(invalid)

@@ -36,13 +36,17 @@ import orjson
 
 from ingest.errors import CaptureError, ProjectionError
 from ingest.log.lock import fsync_dir
-from projections.reader import Position, log_last_seq
-from projections.rule import COLUMNS, FoldResult, FoldState, SkipReason, TypedCounts, UserTextRow
+from ingest.log.reader import damaged_line
+from ingest.log.segments import segment_name
+from ingest.log.writer import events_dir
+from projections.reader import Anchor, Position, anchor_problem, log_last_seq
+from projections.rule import COLUMNS, FoldResult, FoldState, Gap, SkipReason, TypedCounts, UserTextRow
 
 
 __all__ = [
     "DEFAULT_DB_NAME",
     "SCHEMA_VERSION",
+    "STATUS_SHOWN",
     "UserTextStore",
     "default_db_path",
     "iter_rows",
@@ -53,7 +57,9 @@ __all__ = [
 DEFAULT_DB_NAME = "whatsapp_storage.db"
 # 2: one row per user turn over every source (sources merged, ids = first
 # sighting's place, new keys and metadata); version-1 rows cannot be converted.
-SCHEMA_VERSION = 2
+# 3: the position's anchor (projection_state.anchor_*): what identifies the
+# last applied line, so that a log that moved under the table is noticed.
+SCHEMA_VERSION = 3
 
 _OUR_TABLES = frozenset(
     {
@@ -87,7 +93,12 @@ _SCHEMA = (
         lines INTEGER NOT NULL,
         rows INTEGER NOT NULL,
         skipped TEXT NOT NULL,
-        updated_at TEXT
+        updated_at TEXT,
+        -- The anchor of last_seq (projections.reader.Anchor): its segment's first
+        -- seq, the byte offset past its newline, the CRC-32 of its bytes.
+        anchor_segment INTEGER,
+        anchor_end INTEGER,
+        anchor_crc INTEGER
     )""",
     # The fold's per-connection state (FoldState), for open connections only.
     "CREATE TABLE projection_users (connection_id TEXT PRIMARY KEY, user_id TEXT NOT NULL) WITHOUT ROWID",
@@ -227,7 +238,9 @@ class UserTextStore:
             self._conn = _connect(self.db_path, self._busy_timeout)
             self._identity = _file_identity(self.db_path)
         try:
-            row = self._conn.execute("SELECT last_seq FROM projection_state WHERE id = 1").fetchone()
+            row = self._conn.execute(
+                "SELECT last_seq, anchor_segment, anchor_end, anchor_crc FROM projection_state WHERE id = 1"
+            ).fetchone()
             self._has_aliases = (
                 self._conn.execute("SELECT 1 FROM projection_aliases LIMIT 1").fetchone() is not None
             )
@@ -239,6 +252,7 @@ class UserTextStore:
         except sqlite3.Error as exc:
             raise _error(self.db_path, exc) from exc
         self.state = FoldState(int(row[0]), users, typed)
+        self._anchor = _anchor(row)
 
     def is_busy(self, error: ProjectionError) -> bool:
         """Whether ``error`` only means another connection held the write lock past the busy timeout."""
@@ -270,7 +284,18 @@ class UserTextStore:
     def last_seq(self) -> int:
         return self.state.last_seq
 
-    def apply(self, result: FoldResult, from_seq: int, invalid: Sequence[Position] = ()) -> int | None:
+    @property
+    def anchor(self) -> Anchor | None:
+        """The anchor stored with the position (``projection_state.anchor_*``)."""
+        return self._anchor
+
+    def apply(
+        self,
+        result: FoldResult,
+        from_seq: int,
+        invalid: Sequence[Position] = (),
+        anchor: Anchor | None = None,
+    ) -> int | None:
         """Store one folded batch and its position in one transaction.
 
         Args:
@@ -280,6 +305,9 @@ class UserTextStore:
             from_seq: The position the batch was folded from.
             invalid: Where the invalid lines read with the batch are; each is
                 counted once, however often it is read.
+            anchor: What identifies the line at ``result.last_seq``, stored
+                with it; when the position moves without one, the stored
+                anchor is cleared (and the next catch-up rebuilds).
 
         The batch must have been folded against this table at ``from_seq``
         (its rows and aliases, as :meth:`rows` and :meth:`aliases` read them).
@@ -347,7 +375,9 @@ class UserTextStore:
                         _now(),
                     ),
                 )
+                anchor = _store_anchor(conn, result.last_seq, from_seq, anchor, self._anchor)
                 conn.execute("COMMIT")
+                self._anchor = anchor
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -367,6 +397,29 @@ class UserTextStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _anchor(row: Sequence[Any]) -> Anchor | None:
+    """The anchor of a ``(last_seq, anchor_segment, anchor_end, anchor_crc)`` row of ``projection_state``."""
+    last_seq, segment, end, crc = row
+    if segment is None or end is None or crc is None:
+        return None
+    return Anchor(int(last_seq), int(segment), int(end), int(crc))
+
+
+def _store_anchor(
+    conn: sqlite3.Connection, last_seq: int, from_seq: int, anchor: Anchor | None, stored: Anchor | None
+) -> Anchor | None:
+    """Write the anchor of the new position (in the caller's transaction); return the one now stored."""
+    if last_seq == from_seq and (anchor is None or anchor == stored):
+        return stored  # the position did not move
+    if anchor is not None and anchor.seq != last_seq:
+        anchor = None  # names another line than the position: no anchor rather than a wrong one
+    conn.execute(
+        "UPDATE projection_state SET anchor_segment = ?, anchor_end = ?, anchor_crc = ? WHERE id = 1",
+        (None, None, None) if anchor is None else (anchor.segment, anchor.end, anchor.crc),
+    )
+    return anchor
 
 
 def _store_connections(conn: sqlite3.Connection, result: FoldResult) -> None:
@@ -557,7 +610,6 @@ def _swap_in(scratch: Path, db_path: Path) -> str:
             target.close()
     except sqlite3.Error as exc:
         raise ProjectionError(f"cannot swap the rebuilt table into {db_path}: {exc}") from exc
-    _remove_scratch(scratch)
     fsync_dir(db_path.parent)
     return "copied"
 
@@ -569,7 +621,7 @@ def rebuild_into(db_path: Path, fill: Callable[[UserTextStore], None]) -> str:
     without journal (its secondary indexes are made at the end, which is
     faster). Readers of the old file never see a half-built table; a kill at
     any moment leaves the old database untouched (the next rebuild reuses the
-    scratch file; a failed one removes it).
+    scratch file; a failed one, in its build or its swap, removes it).
 
     Returns:
         ``"renamed"`` (there was no old file) or ``"copied"`` (SQLite's backup
@@ -605,8 +657,17 @@ def rebuild_into(db_path: Path, fill: Callable[[UserTextStore], None]) -> str:
         # A failed rebuild (a full disk, an unreadable segment) gives the
         # space back at once; only a killed one leaves the file for the next.
         _remove_scratch(scratch, keep=built)
-    _fsync_file(scratch)
-    return _swap_in(scratch, db_path)
+    try:
+        _fsync_file(scratch)
+        return _swap_in(scratch, db_path)
+    except OSError as exc:
+        raise ProjectionError(f"cannot swap the rebuilt table into {db_path}: {exc.strerror or exc}") from exc
+    finally:
+        _remove_scratch(scratch)  # swapped in (renamed or copied), or failed: a full disk gets its space back
+
+
+#: How many gaps and damaged lines :func:`projection_status` lists.
+STATUS_SHOWN = 10
 
 
 def projection_status(data_dir: Path, db_path: Path | None = None) -> dict[str, Any]:
@@ -615,12 +676,17 @@ def projection_status(data_dir: Path, db_path: Path | None = None) -> dict[str, 
     Returns:
         ``db``, ``exists``, ``last_projected_seq``, ``rows``, ``log_last_seq``,
         ``lag_lines`` (lines in the log not yet projected), ``skipped`` (per
-        reason), ``gaps`` and ``updated_at``; ``error`` instead of the
-        database fields when it cannot be read.
+        reason), ``gaps`` (how many jumps in seq the projection met) and
+        ``updated_at``; ``error`` instead of the database fields when it
+        cannot be read. ``problems``: one sentence per thing to look at — the
+        log no longer holds the line the position names (shorter than the
+        table, or another line there), the first :data:`STATUS_SHOWN` gaps in
+        seq and damaged lines (seq, segment, offset) the projection met.
 
     """
     db_path = db_path or default_db_path(data_dir)
-    status: dict[str, Any] = {"db": str(db_path), "exists": db_path.exists()}
+    status: dict[str, Any] = {"db": str(db_path), "exists": db_path.exists(), "problems": []}
+    problems: list[str] = status["problems"]
     try:
         log_seq = log_last_seq(data_dir)
     except (OSError, CaptureError) as exc:
@@ -633,27 +699,70 @@ def projection_status(data_dir: Path, db_path: Path | None = None) -> dict[str, 
     try:
         conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
         try:
-            row = conn.execute(
-                "SELECT schema_version, last_seq, rows, skipped, updated_at"
-                " FROM projection_state WHERE id = 1"
-            ).fetchone()
-            gaps = conn.execute("SELECT count(*) FROM projection_gaps").fetchone()[0]
+            conn.row_factory = sqlite3.Row
+            state = dict(conn.execute("SELECT * FROM projection_state WHERE id = 1").fetchone())
+            gaps = conn.execute(
+                "SELECT after_seq, next_seq FROM projection_gaps ORDER BY after_seq LIMIT ?", (STATUS_SHOWN,)
+            ).fetchall()
+            gap_count = conn.execute("SELECT count(*) FROM projection_gaps").fetchone()[0]
+            invalid = conn.execute(
+                "SELECT segment_first_seq, offset FROM projection_invalid_lines"
+                " ORDER BY segment_first_seq, offset LIMIT ?",
+                (STATUS_SHOWN,),
+            ).fetchall()
+            invalid_count = conn.execute("SELECT count(*) FROM projection_invalid_lines").fetchone()[0]
         finally:
             conn.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, TypeError) as exc:
         status["error"] = str(exc)
         return status
-    version, last_seq, rows, skipped, updated_at = row
+    last_seq = state["last_seq"]
     status.update(
-        schema_version=version,
+        schema_version=state["schema_version"],
         last_projected_seq=last_seq,
-        rows=rows,
+        rows=state["rows"],
         lag_lines=max(0, (log_seq or 0) - last_seq),
-        skipped=orjson.loads(skipped),
-        gaps=gaps,
-        updated_at=updated_at,
+        skipped=orjson.loads(state["skipped"]),
+        gaps=gap_count,
+        updated_at=state["updated_at"],
     )
+    if state["schema_version"] != SCHEMA_VERSION:
+        problems.append(
+            f"the table was built by another capture version (schema {state['schema_version']}, "
+            f"this one {SCHEMA_VERSION}): run `capture rebuild`"
+        )
+        return status
+    if "log_error" in status:
+        problems.append(status["log_error"])
+    else:
+        problems.extend(_log_problems(data_dir, log_seq, state))
+    problems.extend(str(Gap(after, next_seq)) for after, next_seq in gaps)
+    if gap_count > len(gaps):
+        problems.append(f"{gap_count - len(gaps)} more gaps in seq")
+    for segment, offset in invalid:
+        try:
+            where = str(damaged_line(events_dir(data_dir), segment, offset))
+        except CaptureError:
+            where = f"{segment_name(segment)}, byte {offset:,}"
+        problems.append(f"a damaged line, skipped: {where}")
+    if invalid_count > len(invalid):
+        problems.append(f"{invalid_count - len(invalid)} more damaged lines")
     return status
+
+
+def _log_problems(data_dir: Path, log_seq: int | None, state: Mapping[str, Any]) -> list[str]:
+    """What is wrong between the log and the table's position, as sentences (none if all is well)."""
+    last_seq = state["last_seq"]
+    fix = "the next `capture project` (or ingest) rebuilds the table, or run `capture rebuild`"
+    if log_seq is not None and log_seq < last_seq or log_seq is None and last_seq > 0:
+        ends = "is empty" if log_seq is None else f"ends at seq {log_seq}"
+        return [f"the log {ends}, before the table's position (seq {last_seq}): {fix}"]
+    anchor = _anchor((last_seq, state["anchor_segment"], state["anchor_end"], state["anchor_crc"]))
+    try:
+        moved = anchor_problem(events_dir(data_dir), last_seq, anchor)
+    except CaptureError as exc:
+        return [str(exc)]
+    return [] if moved is None else [f"{moved}: {fix}"]
 
 
 def iter_rows(db_path: Path) -> Iterator[tuple[Any, ...]]:

@@ -1,7 +1,8 @@
 """What a projection store is to the runner: the interface every backend implements.
 
 A store holds the table the fold (:func:`projections.rule.fold`) produces, the
-fold's state and the position (the seq of the last applied line), and stores
+fold's state and the position (the seq of the last applied line, with its
+:class:`~projections.reader.Anchor`: what identifies that line), and stores
 each folded batch with its position in one transaction. One module per backend
 implements it: :mod:`projections.sqlite` today (a PostgreSQL store would be
 another). ``tests/projections/store_contract.py`` holds the tests every store
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ingest.errors import ProjectionError
-from projections.reader import Position
+from projections.reader import Anchor, Position
 from projections.rule import FoldResult, FoldState, TableView
 
 
@@ -38,7 +39,18 @@ class Store(TableView, Protocol):
         """The position: the seq of the last applied line (0 before the first)."""
         ...
 
-    def apply(self, result: FoldResult, from_seq: int, invalid: Sequence[Position] = ()) -> int | None:
+    @property
+    def anchor(self) -> Anchor | None:
+        """What identifies the line at :attr:`last_seq`, as stored with it (``None`` before the first)."""
+        ...
+
+    def apply(
+        self,
+        result: FoldResult,
+        from_seq: int,
+        invalid: Sequence[Position] = (),
+        anchor: Anchor | None = None,
+    ) -> int | None:
         """Store one folded batch, the fold's state and the new position in one transaction.
 
         Args:
@@ -48,6 +60,9 @@ class Store(TableView, Protocol):
             from_seq: The position the batch was folded from.
             invalid: Where the invalid lines read with the batch are; each is
                 counted once, however often it is read.
+            anchor: What identifies the line at ``result.last_seq``, stored
+                with the position; without one, the stored anchor is cleared
+                if the position moves.
 
         Returns:
             How many rows the table gained, or ``None`` if nothing was written

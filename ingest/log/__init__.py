@@ -11,8 +11,8 @@ from __future__ import annotations
 from ingest.log.envelope import EVENT_KEY, LineError, LogLine, Origin, decode_line, encode_line
 from ingest.log.frames import Frame, inspect_frame
 from ingest.log.lock import DataDirLock, LockHolder, probe_lock
-from ingest.log.reader import ReadStats, iter_log, last_seq_of, open_segment
-from ingest.log.segments import RotationPolicy, first_seq_of, list_segments, segment_name
+from ingest.log.reader import DamagedLine, ReadStats, SegmentFile, iter_log, last_seq_of, open_segment
+from ingest.log.segments import RotationPolicy, check_segments, first_seq_of, list_segments, segment_name
 from ingest.log.status import LogStatus, log_status
 from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy, LogWriter, Recovery, events_dir
 
@@ -20,6 +20,7 @@ from ingest.log.writer import DEFAULT_FSYNC_INTERVAL, FsyncPolicy, LogWriter, Re
 __all__ = [
     "DEFAULT_FSYNC_INTERVAL",
     "EVENT_KEY",
+    "DamagedLine",
     "DataDirLock",
     "Frame",
     "FsyncPolicy",
@@ -32,6 +33,8 @@ __all__ = [
     "ReadStats",
     "Recovery",
     "RotationPolicy",
+    "SegmentFile",
+    "check_segments",
     "decode_line",
     "encode_line",
     "events_dir",

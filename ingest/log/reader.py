@@ -11,6 +11,8 @@ yielded. A complete line that does not decode is skipped and counted in
 from __future__ import annotations
 
 import gzip
+import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,21 @@ from typing import IO, cast
 
 from ingest.errors import LogError
 from ingest.log.envelope import LineError, LogLine, decode_line
-from ingest.log.segments import first_seq_of, list_segments
+from ingest.log.segments import find_segment, first_seq_of, list_segments, segment_name
 
 
-__all__ = ["ReadStats", "find_line", "iter_log", "last_seq_of", "open_segment"]
+__all__ = [
+    "DamagedLine",
+    "ReadStats",
+    "SegmentFile",
+    "damaged_line",
+    "find_line",
+    "iter_log",
+    "last_seq_of",
+    "line_seq",
+    "open_segment",
+    "read_line_ending_at",
+]
 
 _SEQ_PREFIX = b'{"seq":'
 
@@ -41,11 +54,78 @@ class ReadStats:
     partial_tail: bool = False
 
 
-def open_segment(path: Path) -> IO[bytes]:
-    """Open a segment for reading, plain or compressed."""
+def _read_errors() -> tuple[type[Exception], ...]:
+    errors: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+_READ_ERRORS = _read_errors()
+
+
+class SegmentFile:
+    """A segment open for reading (plain or compressed): a binary file whose errors name the segment.
+
+    Every way a damaged file fails to read (``OSError``, a truncated or
+    corrupt compressed stream) is :class:`~ingest.errors.LogError` saying
+    which segment.
+    """
+
+    __slots__ = ("path", "_file")
+
+    def __init__(self, path: Path, file: IO[bytes]) -> None:
+        self.path = path
+        self._file = file
+
+    def _error(self, exc: BaseException) -> LogError:
+        return LogError(f"cannot read {self.path}: {getattr(exc, 'strerror', None) or exc}")
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield its lines, each with its newline (but the last, if it has none)."""
+        try:
+            yield from self._file
+        except _READ_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._file.read(size)
+        except _READ_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return self._file.seek(offset, whence)
+        except _READ_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def __enter__(self) -> SegmentFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_segment(path: Path) -> SegmentFile:
+    """Open a segment for reading, plain or compressed.
+
+    Raises:
+        LogError: it cannot be opened (reading it later raises the same, naming it).
+
+    """
     try:
         if path.name.endswith(".gz"):
-            return cast(IO[bytes], gzip.open(path, "rb"))
+            return SegmentFile(path, cast(IO[bytes], gzip.open(path, "rb")))
         if path.name.endswith(".zst"):
             try:
                 import zstandard
@@ -53,8 +133,8 @@ def open_segment(path: Path) -> IO[bytes]:
                 raise LogError(
                     f"{path.name} is zstd-compressed; install the 'zstandard' package to read it"
                 ) from None
-            return cast(IO[bytes], zstandard.open(path, "rb"))
-        return path.open("rb")
+            return SegmentFile(path, cast(IO[bytes], zstandard.open(path, "rb")))
+        return SegmentFile(path, path.open("rb"))
     except OSError as exc:
         raise LogError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -187,3 +267,98 @@ def find_line(events_dir: Path, seq: int) -> LogLine | None:
             if line.seq > seq:
                 return None
     return None
+
+
+def line_seq(raw: bytes) -> int | None:
+    """The seq a line starts with as the writer writes it (``{"seq":N,``), damaged or not; ``None`` if it does not."""
+    return _quick_seq(raw)
+
+
+_WINDOW = 4096
+_MAX_LINE = 64 << 20  # far more than the longest line (a 16 MiB binary frame in base64)
+
+
+def read_line_ending_at(path: Path, end: int) -> bytes | None:
+    """Return the line of a segment that ends at byte ``end`` (its newline the byte before), newline included.
+
+    Reads backwards from ``end`` in a plain segment; a compressed one is read
+    from its start. Offsets count uncompressed bytes.
+
+    Returns:
+        The line, or ``None`` if the segment is shorter or its byte
+        ``end - 1`` is not a newline.
+
+    Raises:
+        LogError: the segment cannot be read.
+
+    """
+    if end <= 0:
+        return None
+    with open_segment(path) as f:
+        if path.suffix != ".jsonl":
+            return _line_ending_at_streamed(f, end)
+        window = _WINDOW
+        while True:
+            start = max(0, end - window)
+            f.seek(start)
+            data = f.read(end - start)
+            if len(data) < end - start or not data.endswith(b"\n"):
+                return None
+            cut = data.rfind(b"\n", 0, len(data) - 1)
+            if cut >= 0 or start == 0:
+                return data[cut + 1 :]
+            window *= 4
+
+
+def _line_ending_at_streamed(f: SegmentFile, end: int) -> bytes | None:
+    read = 0
+    line = b""
+    while read < end:
+        chunk = f.read(min(1 << 20, end - read))
+        if not chunk:
+            return None
+        read += len(chunk)
+        # Keep only the bytes after the last newline before `end - 1`.
+        cut = chunk.rfind(b"\n", 0, len(chunk) - 1 if read == end else len(chunk))
+        line = chunk[cut + 1 :] if cut >= 0 else line + chunk
+        if len(line) > _MAX_LINE:
+            return None
+    return line if line.endswith(b"\n") else None
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedLine:
+    """A complete line that is not a valid log line (readers skip it), and where it is.
+
+    Attributes:
+        segment: The file name of its segment.
+        offset: The byte offset of its first byte (in the uncompressed bytes).
+        seq: The seq its place gives it: one more than the seq the line
+            before starts with (its segment's first seq, for a first line);
+            ``None`` when that is damaged too.
+
+    """
+
+    segment: str
+    offset: int
+    seq: int | None
+
+    def __str__(self) -> str:
+        return f"seq {'?' if self.seq is None else self.seq} ({self.segment}, byte {self.offset:,})"
+
+
+def damaged_line(events_dir: Path, segment_first_seq: int, offset: int) -> DamagedLine:
+    """Describe the damaged line at ``offset`` of the segment whose first seq is ``segment_first_seq``.
+
+    Raises:
+        LogError: the segment cannot be read.
+
+    """
+    path = find_segment(events_dir, segment_first_seq)
+    if path is None:
+        return DamagedLine(segment_name(segment_first_seq), offset, None)
+    if offset == 0:
+        return DamagedLine(path.name, offset, segment_first_seq)
+    before = read_line_ending_at(path, offset)
+    seq = line_seq(before) if before is not None else None
+    return DamagedLine(path.name, offset, None if seq is None else seq + 1)

@@ -8,8 +8,15 @@ This module is the only code that opens a segment for writing. Guarantees:
 * ``seq`` is +1 per line over the whole log, across restarts;
 * only the active segment is written; a rolled segment is fsynced, then never
   opened for writing again; the directory is fsynced after creating one;
-* on open, a torn or corrupt tail of the active segment is moved to a sidecar
-  file next to it (``<segment>.torn-<time>``), never deleted;
+* on open, a torn tail of the active segment (see :func:`recover_active_segment`)
+  is moved to a sidecar file next to it (``<segment>.torn-<time>``), never
+  deleted; a damaged complete line stays where it is, and so does every line
+  after it;
+* a seq that a complete line of the log holds, valid or damaged, is never
+  given again. The seqs of lines a power cut dropped before they reached the
+  disk are (nothing on the disk remembers them): a projection that had read
+  them notices, since its position names the line by its bytes
+  (:mod:`projections.runner`);
 * a failed write or fsync is never retried: the writer refuses further appends
   and raises :class:`~ingest.errors.LogWriteError`.
 
@@ -39,7 +46,7 @@ from ingest.errors import LogError, LogWriteError
 from ingest.log.envelope import LineError, Origin, decode_line, encode_line, format_epoch_ns, format_timestamp
 from ingest.log.frames import Frame
 from ingest.log.lock import DataDirLock, fsync_dir
-from ingest.log.segments import RotationPolicy, first_seq_of, list_segments, segment_name
+from ingest.log.segments import RotationPolicy, check_segments, first_seq_of, segment_name
 from ingest.observe.histogram import FSYNC_BUCKETS, Histogram
 
 
@@ -48,6 +55,8 @@ __all__ = [
     "FsyncPolicy",
     "LogWriter",
     "Recovery",
+    "SegmentCheck",
+    "check_segment_bytes",
     "events_dir",
     "recover_active_segment",
 ]
@@ -79,9 +88,11 @@ class Recovery:
     Attributes:
         segment: The active segment checked.
         next_seq: The seq the next line gets.
-        quarantined: The sidecar file holding a cut tail, if any.
+        quarantined: The sidecar file holding a cut torn tail, if any.
         quarantined_bytes: How many bytes were moved there.
-        first_bad_seq: The seq the first cut line should have had.
+        first_bad_seq: The seq the first cut line would have had.
+        damaged: Byte offsets of the damaged complete lines left in place
+            (readers skip and report them).
 
     """
 
@@ -90,41 +101,100 @@ class Recovery:
     quarantined: Path | None = None
     quarantined_bytes: int = 0
     first_bad_seq: int | None = None
+    damaged: tuple[int, ...] = ()
 
 
-def _scan_good_prefix(data: bytes, first_seq: int) -> tuple[int, int]:
-    """Return (offset just past the last good line, next seq) of a segment's bytes."""
+@dataclass(frozen=True, slots=True)
+class SegmentCheck:
+    """What :func:`check_segment_bytes` found in a segment's bytes.
+
+    Attributes:
+        keep: How many bytes to keep: the torn tail starts there.
+        next_seq: The seq the next line appended after ``keep`` gets.
+        damaged: Byte offsets of the damaged complete lines before ``keep``.
+
+    """
+
+    keep: int
+    next_seq: int
+    damaged: tuple[int, ...]
+
+
+def check_segment_bytes(data: bytes, first_seq: int) -> SegmentCheck:
+    """Find a segment's torn tail and damaged lines, and the seq that follows its lines.
+
+    The torn tail is what an unfinished write or a power cut leaves after the
+    last line: the bytes from the start of the first line holding a NUL byte,
+    or of a last line without its newline, to the end — provided no valid line
+    follows. A NUL is in no line the writer writes (JSON has no raw control
+    bytes); it is what a power cut leaves where appended blocks were allocated
+    but never written. A line without its newline is a write that did not
+    finish: no reader ever handed it on.
+
+    Everything else stays: a complete line that does not parse or fails its
+    crc32, wherever it is, and a hole of zeros that valid lines follow (a
+    writeback that reached the disk out of order: only the hole is bad).
+    Readers skip such lines and report them.
+
+    Seq: the next line gets one more than the highest seq of a valid line, and
+    no less than one past every complete line kept (a damaged line is counted
+    as holding the seq after the line before it), so no seq a kept line holds
+    is given again.
+
+    """
     offset = 0
     expected = first_seq
-    while offset < len(data):
+    damaged: list[int] = []
+    holes: list[int] = []  # lines holding a NUL since the last valid line
+    torn_at: int | None = None
+    size = len(data)
+    while offset < size:
         end = data.find(b"\n", offset)
         if end < 0:
+            if torn_at is None:
+                torn_at = offset
             break
         try:
             line = decode_line(data[offset:end])
         except LineError:
-            break
-        if line.seq != expected:
-            break
-        expected += 1
+            if torn_at is None and data.find(b"\0", offset, end) < 0:
+                damaged.append(offset)
+                expected += 1
+            else:
+                holes.append(offset)
+                if torn_at is None:
+                    torn_at = offset
+        else:
+            if holes:  # valid lines follow them: holes, not a torn tail
+                damaged.extend(holes)
+                expected += len(holes)
+                holes.clear()
+                torn_at = None
+            expected = max(expected, line.seq + 1)
         offset = end + 1
-    return offset, expected
+    damaged.sort()
+    return SegmentCheck(size if torn_at is None else torn_at, expected, tuple(damaged))
 
 
 def recover_active_segment(segment: Path) -> Recovery:
-    """Check the active segment and move a torn or corrupt tail aside.
+    """Check every line of the active segment and move a torn tail aside.
 
-    Every line is checked (parses, its crc32 matches, its seq follows the one
-    before). From the first bad line on, the bytes are copied to a sidecar
-    file, fsynced, and only then cut from the segment.
+    The rule is :func:`check_segment_bytes`'s. A torn tail is copied to a
+    sidecar file, fsynced, and only then cut from the segment; nothing else
+    is moved.
 
     """
     first_seq = first_seq_of(segment)
     assert first_seq is not None
     data = segment.read_bytes()
-    good, next_seq = _scan_good_prefix(data, first_seq)
+    found = check_segment_bytes(data, first_seq)
+    for offset in found.damaged[:5]:
+        log.warning("%s holds a damaged line at byte %d: it stays, and readers skip it", segment.name, offset)
+    if len(found.damaged) > 5:
+        log.warning("%s holds %d more damaged lines", segment.name, len(found.damaged) - 5)
+    good, next_seq = found.keep, found.next_seq
     if good == len(data):
-        return Recovery(segment, next_seq)
+        return Recovery(segment, next_seq, damaged=found.damaged)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     sidecar = segment.with_name(f"{segment.name}.torn-{stamp}")
     n = 0
@@ -148,7 +218,7 @@ def recover_active_segment(segment: Path) -> Recovery:
         segment.name,
         sidecar.name,
     )
-    return Recovery(segment, next_seq, sidecar, len(tail), next_seq)
+    return Recovery(segment, next_seq, sidecar, len(tail), next_seq, found.damaged)
 
 
 def _first_line_time(segment: Path) -> float | None:
@@ -256,7 +326,8 @@ class LogWriter:
 
         Raises:
             LockedError: another process writes to this data dir.
-            LogError: the log folder cannot be created or read.
+            LogError: the log folder cannot be created or read, or holds junk
+                named like a segment (:func:`~ingest.log.segments.check_segments`).
 
         """
         lock = DataDirLock(data_dir, command)
@@ -264,8 +335,8 @@ class LogWriter:
         try:
             folder = events_dir(data_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            segments = [p for p in list_segments(folder) if p.suffix == ".jsonl"]
-            all_segments = list_segments(folder)
+            all_segments = check_segments(folder)
+            segments = [p for p in all_segments if p.suffix == ".jsonl"]
             if all_segments and segments and all_segments[-1] == segments[-1]:
                 recovery = recover_active_segment(segments[-1])
                 path = segments[-1]

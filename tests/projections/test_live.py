@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -20,9 +21,12 @@ from ingest.log.lock import probe_lock
 from ingest.log.segments import RotationPolicy
 from ingest.log.writer import FsyncPolicy, LogWriter
 from projections import iter_rows, project, rebuild
+from projections.follow import EXIT_GRACE, ORPHAN_DRAIN
 from projections.live import NICENESS_STEP, live_projection_sidecar, projection_status, start_live_projection
+from tests.conftest import TIMEOUT_FACTOR
 from tests.projections.rule_cases import (
     conversation_body,
+    dump,
     message,
     projected_seq,
     transcript,
@@ -165,6 +169,78 @@ def test_the_follower_ends_when_its_parent_dies(tmp_path: Path) -> None:
 
     wait_until(gone, 10, "the orphaned follower to exit")
     assert projected_seq(db) == 1
+
+
+def _orphan(data_dir: Path, db: Path) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """A parent process that starts the follower and waits; and the follower, once exec'd."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from projections.live import start_live_projection; "
+            f"p = start_live_projection(Path({str(data_dir)!r}), Path({str(db)!r})); "
+            "print(p.pid, flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    follower = psutil.Process(int(parent.stdout.readline()))
+    wait_until(lambda: bool(follower.cmdline()), 10, "the follower to be exec'd")
+    return parent, follower
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # an orphan's until init reaps it
+    except psutil.NoSuchProcess:
+        return True
+
+
+#: How long a follower may outlive its parent: it goes on for ORPHAN_DRAIN, then its
+#: watchdog ends it EXIT_GRACE later; one second more for the OS.
+OUTLIVES = ORPHAN_DRAIN + EXIT_GRACE + 1.0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_follower_stuck_on_a_busy_database_ends_soon_after_its_parent_is_killed(
+    tmp_path: Path, big_log: tuple[Path, Any]
+) -> None:
+    """kill -9 of the ingest while its follower waits on the database: it still ends within seconds."""
+    data_dir, db = big_log[0], tmp_path / "db"
+    parent, follower = _orphan(data_dir, db)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=10)
+    try:
+        holder.execute(
+            "BEGIN IMMEDIATE"
+        )  # another writer holds the database: the follower's next batch waits
+        killed = time.monotonic()
+        parent.kill()
+        parent.wait(10)
+        wait_until(lambda: _gone(follower), OUTLIVES + 5, "the orphaned follower to end")
+        assert time.monotonic() - killed < OUTLIVES * TIMEOUT_FACTOR
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        if not _gone(follower):
+            follower.kill()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_follower_busy_catching_up_ends_soon_after_its_parent_is_killed(
+    tmp_path: Path, big_log: tuple[Path, list[tuple[Any, ...]]]
+) -> None:
+    """kill -9 of the ingest while its follower catches up: it stops within seconds; what it stored is whole."""
+    data_dir, expected = big_log
+    db = tmp_path / "db"
+    parent, follower = _orphan(data_dir, db)
+    killed = time.monotonic()
+    parent.kill()
+    parent.wait(10)
+    wait_until(lambda: _gone(follower), OUTLIVES + 5, "the orphaned follower to end")
+    assert time.monotonic() - killed < OUTLIVES * TIMEOUT_FACTOR
+    project(data_dir, db)
+    assert dump(db) == expected
 
 
 @pytest.mark.skipif(

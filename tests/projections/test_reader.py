@@ -289,8 +289,8 @@ def fast(segment: reader._Segment, after_seq: int = 0) -> tuple[list[Any], list[
         rows = reader._query(connection, segment, after_seq)
     if rows is None:
         return None
-    invalid: list[Position] = []
-    return list(reader._fast_items(segment, rows, after_seq, invalid)), invalid
+    stats = ScanStats()
+    return list(reader._fast_items(segment, rows, after_seq, stats)), stats.invalid
 
 
 CLEAN = b"".join(encode(s, transcript(f"t{s}") if s % 4 == 0 else '{"type":"ping"}') for s in range(1, 400))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import sqlite3
 from collections.abc import Callable
@@ -93,9 +94,33 @@ def test_a_failed_rebuild_keeps_the_old_table_and_gives_the_space_back(
     db = tmp_path / "user.db"
     rebuild(data_dir, db)
     table = dump(db)
-    (events_dir(data_dir) / (segment_name(10_000) + ".zst")).write_bytes(b"not zstd")
-    with pytest.raises(LogError, match="zstandard"):
+    truncated = gzip.compress(encode(10_000, message("late"), direction="out") * 50)[:-12]
+    (events_dir(data_dir) / (segment_name(10_000) + ".gz")).write_bytes(truncated)
+    with pytest.raises(LogError, match=r"cannot read .*00000000000000010000\.jsonl\.gz"):
         rebuild(data_dir, db)
+    assert dump(db) == table
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("user.db.rebuild")]
+
+
+def test_a_failed_swap_keeps_the_old_table_and_gives_the_space_back(tmp_path: Path) -> None:
+    """The build succeeds, the swap fails (SQLite refuses the copy): no scratch file is left."""
+    data_dir, db = tmp_path / "data", tmp_path / "user.db"
+    small_log(data_dir)
+    rebuild(data_dir, db)
+    table = dump(db)
+
+    def build_then_change_the_page_size(store: UserTextStore) -> None:
+        # While the rebuild ran, the live file got another page size: the
+        # backup API cannot copy into a WAL database of another page size.
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA page_size=8192")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+
+    with pytest.raises(ProjectionError, match="cannot swap the rebuilt table into"):
+        rebuild_into(db, build_then_change_the_page_size)
     assert dump(db) == table
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("user.db.rebuild")]
 
@@ -191,7 +216,9 @@ def test_a_version_1_database_needs_a_rebuild(tmp_path: Path) -> None:
     conn.execute("INSERT INTO projection_state VALUES (1, 1, 0, 0, 0, '{}', NULL)")
     conn.commit()
     conn.close()
-    with pytest.raises(ProjectionError, match=r"older capture \(schema 1, now 2\); run `capture rebuild`"):
+    with pytest.raises(
+        ProjectionError, match=rf"older capture \(schema 1, now {SCHEMA_VERSION}\); run `capture rebuild`"
+    ):
         project(data_dir, db)
     assert rebuild(data_dir, db).rows_written == 6
 

@@ -208,85 +208,159 @@ def _lines(segment: Path) -> list[bytes]:
     return segment.read_bytes().splitlines(keepends=True)
 
 
-def _truncated_tail(lines: list[bytes]) -> tuple[list[bytes], bytes]:
-    cut = lines[-1][:-15]
-    return lines[:-1], cut
+def _sidecars(segment: Path) -> list[Path]:
+    return sorted(p for p in segment.parent.iterdir() if p.name.startswith(segment.name + ".torn-"))
 
 
-def _newline_but_invalid_json(lines: list[bytes]) -> tuple[list[bytes], bytes]:
-    return lines[:-1], lines[-1][:40] + b"\n"
+def _read_all(data_dir: Path) -> tuple[list[int], ReadStats]:
+    stats = ReadStats()
+    return [line.seq for line in iter_log(events_dir(data_dir), stats=stats)], stats
 
 
-def _crc_mismatch(lines: list[bytes]) -> tuple[list[bytes], bytes]:
-    corrupt = lines[-1].replace(b"hello", b"jello")
-    assert corrupt != lines[-1]
-    return lines[:-1], corrupt
+# A torn tail: what a write that did not finish, or a power cut, leaves after the last line.
+def _partial_last_line(lines: list[bytes]) -> tuple[list[bytes], bytes]:
+    return lines, lines[-1][:-15]
 
 
-def _zeros_appended(lines: list[bytes]) -> tuple[list[bytes], bytes]:
+def _zeros_to_eof(lines: list[bytes]) -> tuple[list[bytes], bytes]:
     return lines, b"\x00" * 4096
 
 
-def _zeros_with_newline(lines: list[bytes]) -> tuple[list[bytes], bytes]:
+def _zeros_newline_zeros(lines: list[bytes]) -> tuple[list[bytes], bytes]:
     return lines, b"\x00" * 100 + b"\n" + b"\x00" * 10
 
 
-def _seq_repeated(lines: list[bytes]) -> tuple[list[bytes], bytes]:
-    return lines, lines[-1]
+def _half_line_then_zeros(lines: list[bytes]) -> tuple[list[bytes], bytes]:
+    return lines, lines[-1][:30] + b"\x00" * 500 + b"\n"
 
 
 @pytest.mark.parametrize(
-    "corrupt",
-    [
-        _truncated_tail,
-        _newline_but_invalid_json,
-        _crc_mismatch,
-        _zeros_appended,
-        _zeros_with_newline,
-        _seq_repeated,
-    ],
+    "tear", [_partial_last_line, _zeros_to_eof, _zeros_newline_zeros, _half_line_then_zeros]
 )
-def test_torn_tail_moved_to_sidecar(
-    tmp_path: Path, corrupt: Callable[[list[bytes]], tuple[list[bytes], bytes]]
+def test_a_torn_tail_is_moved_to_a_sidecar(
+    tmp_path: Path, tear: Callable[[list[bytes]], tuple[list[bytes], bytes]]
 ) -> None:
-    """A torn or corrupt tail goes to <segment>.torn-* with exactly the cut bytes; seq continues."""
+    """A torn tail goes to <segment>.torn-* with exactly the cut bytes; seq continues after the last line."""
     _append(tmp_path, 4)
     segment = events_dir(tmp_path) / segment_name(1)
-    good, cut = corrupt(_lines(segment))
+    good, cut = tear(_lines(segment))
     good_bytes = b"".join(good)
     segment.write_bytes(good_bytes + cut)
-    next_seq = len(good) + 1
 
     with _open(tmp_path) as writer:
         recovery = writer.recovery
         assert recovery.segment == segment
-        assert recovery.next_seq == next_seq
-        assert recovery.first_bad_seq == next_seq
+        assert recovery.next_seq == 5 == recovery.first_bad_seq
         assert recovery.quarantined_bytes == len(cut)
         assert recovery.quarantined is not None
         assert recovery.quarantined.name.startswith(segment.name + ".torn-")
         assert recovery.quarantined.read_bytes() == cut
+        assert recovery.damaged == ()
         assert segment.read_bytes() == good_bytes
-        assert writer.append(ORIGIN, _frame(99)) == next_seq
+        assert writer.append(ORIGIN, _frame(99)) == 5
         assert writer.active_segment == segment
 
-    assert segment.read_bytes().startswith(good_bytes)
-    assert _seqs(tmp_path) == list(range(1, next_seq + 1))
+    assert _seqs(tmp_path) == [1, 2, 3, 4, 5]
     assert list_segments(events_dir(tmp_path)) == [segment]
 
 
-def test_corrupt_middle_line_cuts_from_there_and_keeps_the_rest_aside(tmp_path: Path) -> None:
-    """A corrupt line mid-segment is cut with everything after it, all kept in the sidecar."""
+# Damage to a complete line: it stays where it is, and so does everything after it.
+def _flipped_byte(line: bytes) -> bytes:
+    damaged = bytearray(line)
+    damaged[line.index(b"hello") + 2] ^= 0x01  # in the frame: crc32 covers the frame's bytes
+    return bytes(damaged)
+
+
+def _bad_crc_valid_json(line: bytes) -> bytes:
+    damaged = line.replace(b"hello", b"jello")
+    assert damaged != line
+    return damaged
+
+
+def _not_json(line: bytes) -> bytes:
+    return line[:40] + b"\n"
+
+
+@pytest.mark.parametrize("damage", [_flipped_byte, _bad_crc_valid_json, _not_json])
+@pytest.mark.parametrize("where", [1, 3], ids=["middle", "last"])
+def test_a_damaged_complete_line_stays_and_costs_only_itself(
+    tmp_path: Path, damage: Callable[[bytes], bytes], where: int
+) -> None:
+    """A complete line that fails to parse or its crc32 is not moved; its seq is never given again."""
     _append(tmp_path, 4)
     segment = events_dir(tmp_path) / segment_name(1)
     lines = _lines(segment)
-    lines[1] = lines[1].replace(b"hello", b"jello")
-    segment.write_bytes(b"".join(lines))
+    lines[where] = damage(lines[where])
+    damaged = b"".join(lines)
+    segment.write_bytes(damaged)
     with _open(tmp_path) as writer:
-        assert writer.next_seq == 2
+        assert writer.recovery.quarantined is None and _sidecars(segment) == []
+        assert writer.recovery.damaged == (sum(map(len, lines[:where])),)
+        assert segment.read_bytes() == damaged
+        assert writer.append(ORIGIN, _frame(99)) == 5
+    seqs, stats = _read_all(tmp_path)
+    assert seqs == [s for s in range(1, 6) if s != where + 1]
+    assert stats.corrupt == [(segment.name, sum(map(len, lines[:where])))]
+
+
+def test_one_flipped_byte_in_line_20_costs_line_20_only(tmp_path: Path) -> None:
+    """The reproduction: a flipped byte in line 20 of 326 moved 307 lines aside and reused their seqs."""
+    _append(tmp_path, 326)
+    segment = events_dir(tmp_path) / segment_name(1)
+    lines = _lines(segment)
+    lines[19] = _flipped_byte(lines[19])
+    segment.write_bytes(b"".join(lines))
+    assert _append(tmp_path, 1) == [327]
+    assert _sidecars(segment) == []
+    seqs, stats = _read_all(tmp_path)
+    assert seqs == [s for s in range(1, 328) if s != 20]
+    assert stats.corrupt == [(segment.name, sum(map(len, lines[:19])))]
+
+
+def test_a_hole_of_zeros_before_later_lines_costs_only_the_hole(tmp_path: Path) -> None:
+    """A reordered writeback can leave zeros where earlier bytes were and later lines intact: they stay."""
+    _append(tmp_path, 6)
+    segment = events_dir(tmp_path) / segment_name(1)
+    lines = _lines(segment)
+    # Lines 3 and 4 (and the start of 5) were never written back; the page holding the rest of 5 was.
+    hole = lines[2][:10] + b"\x00" * (len(lines[2]) - 10 + len(lines[3]) + 20) + lines[4][20:]
+    data = b"".join([*lines[:2], hole, lines[5]])
+    segment.write_bytes(data)
+    with _open(tmp_path) as writer:
+        assert writer.recovery.quarantined is None
+        assert writer.recovery.damaged == (len(lines[0]) + len(lines[1]),)
+        assert segment.read_bytes() == data
+        assert writer.append(ORIGIN, _frame(99)) == 7
+    seqs, stats = _read_all(tmp_path)
+    assert seqs == [1, 2, 6, 7]
+    assert len(stats.corrupt) == 1
+
+
+def test_a_damaged_line_before_a_torn_tail_stays(tmp_path: Path) -> None:
+    """Only the torn tail after the last complete line is cut; a damaged complete line before it stays."""
+    _append(tmp_path, 3)
+    segment = events_dir(tmp_path) / segment_name(1)
+    lines = _lines(segment)
+    lines[2] = _bad_crc_valid_json(lines[2])
+    kept = b"".join(lines)
+    segment.write_bytes(kept + b'{"seq":4,"recei')
+    with _open(tmp_path) as writer:
         assert writer.recovery.quarantined is not None
-        assert writer.recovery.quarantined.read_bytes() == b"".join(lines[1:])
-    assert segment.read_bytes() == lines[0]
+        assert writer.recovery.quarantined.read_bytes() == b'{"seq":4,"recei'
+        assert writer.recovery.damaged == (len(lines[0]) + len(lines[1]),)
+        assert segment.read_bytes() == kept
+        assert writer.append(ORIGIN, _frame(99)) == 4
+
+
+def test_a_repeated_line_stays_and_seq_goes_on_past_it(tmp_path: Path) -> None:
+    """A valid line whose seq does not follow is a reader's duplicate, not a torn tail: nothing is cut."""
+    _append(tmp_path, 4)
+    segment = events_dir(tmp_path) / segment_name(1)
+    lines = _lines(segment)
+    segment.write_bytes(b"".join([*lines, lines[1]]))
+    with _open(tmp_path) as writer:
+        assert writer.recovery.quarantined is None
+        assert writer.append(ORIGIN, _frame(99)) == 5
 
 
 def test_fully_torn_segment_recovers_to_empty(tmp_path: Path) -> None:
@@ -313,8 +387,7 @@ def test_repeated_recoveries_keep_every_sidecar(tmp_path: Path) -> None:
         with segment.open("ab") as f:
             f.write(cut)
         _append(tmp_path, 0)
-    sidecars = sorted(p for p in segment.parent.iterdir() if p.name.startswith(segment.name + ".torn-"))
-    assert sorted(p.read_bytes() for p in sidecars) == sorted(cuts)
+    assert sorted(p.read_bytes() for p in _sidecars(segment)) == sorted(cuts)
     assert _append(tmp_path, 1) == [3]
 
 
